@@ -1,0 +1,29 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything lives in .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch: on the project's machines pip takes it from local disk; a bare range
+# would let pip pick a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[engine,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tierbench demo
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) results/demo .pytest_cache
