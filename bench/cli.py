@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_input(sp):
         sp.add_argument("path", metavar="PATH", help="trace file, directory, gzipped bundle, or profile:NAME")
-        sp.add_argument("--format", choices=["weka", "swe", "mooncake", "azure", "native"],
+        sp.add_argument("--format", choices=["weka", "swe", "mooncake", "azure", "tracelab", "native"],
                         help="override format auto-detection")
         sp.add_argument("--tokenizer", metavar="MODEL_DIR",
                         help="tokenizer for text traces (default: the tiny model's, built on first use)")

@@ -13,9 +13,9 @@ from traces.errors import TraceError
 from traces.fileio import first_line
 from traces.model import Trace
 
-FORMATS = ("weka", "swe", "mooncake", "azure", "native")
+FORMATS = ("weka", "swe", "mooncake", "azure", "tracelab", "native")
 # When a directory mixes formats (a SOURCE.txt, a derived CSV), the agentic one wins.
-_PRIORITY = ("native", "weka", "swe", "mooncake", "azure")
+_PRIORITY = ("native", "weka", "swe", "tracelab", "mooncake", "azure")
 _SUFFIXES = (".json", ".jsonl", ".gz", ".csv", ".traj")
 
 
@@ -42,6 +42,8 @@ def sniff(path: Path) -> str | None:
                 return "mooncake"
             if "session" in keys and "prompt_tokens" in keys:
                 return "native"
+            if "round_index" in keys and "input_tokens_total" in keys:
+                return "tracelab"
         else:  # a pretty-printed single JSON document: look for telltale keys near the top
             if b'"requests"' in text or b'"block_size"' in text:
                 return "weka"
@@ -107,6 +109,9 @@ def load_trace(spec: str | Path, fmt: str | None = None, *, tokenizer_dir: str |
     if fmt == "azure":
         from traces.azure import read_azure
         return read_azure(files, str(path))
+    if fmt == "tracelab":
+        from traces.tracelab import read_tracelab
+        return read_tracelab(files, str(path))
     if fmt == "native":
         from traces.native import read_native
         return read_native(files, str(path))

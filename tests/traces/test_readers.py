@@ -138,3 +138,15 @@ def test_mooncake_writer_round_trip(tmp_path, weka_trace):
     # of two different sessions (both "1, 2, 3..." upstream) get different ids.
     firsts = {tuple(r["hash_ids"][:1]) for r in rows if r["hash_ids"]}
     assert len(firsts) > 1
+
+
+def test_tracelab_shared_example():
+    t = load_trace(shared("tracelab-examples") / "round_trace.derived.jsonl")
+    assert t.format == "tracelab" and len(t.sessions) == 2 and t.num_calls == 19
+    claude = next(s for s in t.sessions if s.id.startswith("claude"))
+    # Round 1 waits for round 0's slowest tool (a 19.3 s WebSearch), not its first result.
+    assert claude.calls[1].think_s == pytest.approx(19.29, abs=0.05)
+    # Round k keeps prefix_tokens of round k-1 (16-token blocks): 29,380 of 35,740 in round 1.
+    st = trace_stats(t)
+    assert 0.7 < st["prefix_reuse_ratio"] < 0.95
+    assert claude.calls[4].stop == STOP_END and claude.calls[0].stop == STOP_TOOL
