@@ -26,12 +26,12 @@ EOT = "<|eot_id|>"
 SPECIAL_TOKENS = [BOS, EOS, START_HEADER, END_HEADER, EOT]  # ids 0..4, in this order
 
 VOCAB_SIZE = 3072  # including the special tokens; the corpus yields this many merges at min_frequency 2
-HIDDEN = 64
+HIDDEN = 128  # head_dim 32: the smallest head size vLLM's CPU attention supports
 LAYERS = 2
 HEADS = 4
 KV_HEADS = 2
 HEAD_DIM = HIDDEN // HEADS
-INTERMEDIATE = 192
+INTERMEDIATE = 384
 MAX_POSITIONS = 8192
 INIT_STD = 0.02
 

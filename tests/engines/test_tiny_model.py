@@ -29,7 +29,7 @@ def test_writes_standard_files(tiny_model_dir):
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
-            cfg["intermediate_size"]) == (64, 2, 4, 2, 192)
+            cfg["intermediate_size"]) == (128, 2, 4, 2, 384)
     assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_scaling"]["original_max_position_embeddings"] == 1024
     assert cfg["tie_word_embeddings"] is False and cfg["torch_dtype"] == "float32"
     tok = ChatTokenizer(tiny_model_dir)
