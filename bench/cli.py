@@ -136,6 +136,65 @@ def cmd_trace_convert(args) -> int:
     return 0
 
 
+# ---- run ----------------------------------------------------------------------------------------
+
+def spec_from_args(args):
+    """A RunSpec from a spec file (if given) with command-line flags on top."""
+    from bench.spec import RunSpec, load_spec, spec_from_dict
+    from engines.launch import EngineSpec
+    spec = load_spec(args.spec) if args.spec else RunSpec()
+    t, ld = spec.trace, spec.load
+    for flag, obj, attr in (("trace", t, "path"), ("format", t, "format"), ("sessions", t, "sessions"),
+                            ("seed", t, "seed"), ("token_scale", t, "token_scale"), ("max_context", t, "max_context"),
+                            ("think_scale", t, "think_scale"), ("time_scale", t, "time_scale"), ("mode", ld, "mode"),
+                            ("users", ld, "users"), ("arrivals", ld, "arrivals"), ("rate", ld, "rate"),
+                            ("session_rate", ld, "session_rate"), ("duration", ld, "duration_s"),
+                            ("warmup", ld, "warmup_s"), ("repetitions", ld, "repetitions"), ("workers", ld, "workers"),
+                            ("master_host", ld, "master_host"), ("name", spec, "name"), ("model", spec, "model")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            setattr(obj, attr, v)
+    if args.rate and ld.mode == "open" and ld.arrivals == "trace" and args.arrivals is None:
+        ld.arrivals = "poisson"  # --rate alone in open loop means Poisson arrivals at that rate
+    if args.engine:
+        spec.engines = [EngineSpec.parse(e, None) for e in args.engine]
+        seen: dict[str, int] = {}
+        for e in spec.engines:  # two URLs, or the same kind twice, need distinct names
+            seen[e.name] = seen.get(e.name, 0) + 1
+            if seen[e.name] > 1:
+                e.name = f"{e.name}-{seen[e.name]}"
+    for e in spec.engines:
+        if args.engine_arg and e.kind != "url":
+            e.args = e.args + list(args.engine_arg)
+        if args.api_key_env and e.kind == "url":
+            e.api_key_env = args.api_key_env
+    for slo in args.slo or []:
+        key, _, val = slo.partition("=")
+        spec.slos[key] = float(val)
+    # Re-validate the merged spec (flags can be wrong too).
+    data = spec.to_dict()
+    data.pop("source")
+    for section in ("trace", "load"):
+        data[section] = {k: v for k, v in data[section].items() if v is not None}
+    data["engines"] = [{k: v for k, v in e.items() if v not in (None, "", [], {}, 0.0)} for e in data["engines"]]
+    checked = spec_from_dict(data, args.spec or "<flags>")
+    checked.engines = spec.engines
+    return checked
+
+
+def cmd_run(args) -> int:
+    from bench.run import execute
+    from analysis.metrics import format_summary_table
+    spec = spec_from_args(args)
+    out = Path(args.out or f"results/{spec.name}")
+    code = execute(spec, out, progress=sys.stderr.isatty() and not args.quiet, log=lambda m: print(m, file=sys.stderr))
+    info = json.loads((out / "run.json").read_text())
+    if info.get("summary"):
+        print(format_summary_table(info["summary"]))
+    print(f"\n{info['status']}: {out}/ (run.json, requests.parquet, sessions.parquet)")
+    return code
+
+
 # ---- model, demo ------------------------------------------------------------------------------
 
 def cmd_model_tiny(args) -> int:
@@ -220,6 +279,42 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--token-scale", type=_positive_float, default=1.0, metavar="F", help="scale token counts by F")
     sp.add_argument("--max-context", type=_positive_int, default=None, metavar="N", help="cap prompt + output at N tokens")
     sp.set_defaults(func=cmd_trace_convert)
+
+    sp = sub.add_parser("run", help="replay a trace against engines and record every request", epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Replay a trace (or profile:NAME) against one or more engines. A SPEC.toml holds "
+                                    "everything (see bench/spec.py); flags override it.\n\nExamples:\n"
+                                    "  tierbench run --trace profile:demo --engine reference --sessions 8\n"
+                                    "  tierbench run --trace ../shared/traces/azure-llm-2023 --mode open --time-scale 0.1 "
+                                    "--engine reference --engine vllm\n  tierbench run examples/demo.toml --out results/x")
+    sp.add_argument("spec", nargs="?", metavar="SPEC.toml")
+    sp.add_argument("--trace", metavar="PATH|profile:NAME")
+    sp.add_argument("--format", choices=["weka", "swe", "mooncake", "azure", "tracelab", "native"])
+    sp.add_argument("--engine", action="append", metavar="reference|vllm|URL", help="repeatable; each gets the same sessions")
+    sp.add_argument("--model", metavar="DIR", help="checkpoint directory, or 'tiny' (default)")
+    sp.add_argument("--engine-arg", action="append", metavar="=ARG", help="passed to each started server (repeatable)")
+    sp.add_argument("--api-key-env", metavar="VAR", help="environment variable with the API key of URL engines")
+    sp.add_argument("--sessions", type=_positive_int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--token-scale", type=_positive_float, metavar="F")
+    sp.add_argument("--max-context", type=_positive_int, metavar="N")
+    sp.add_argument("--think-scale", type=float, metavar="F", help="scale think times (0: no think time)")
+    sp.add_argument("--time-scale", type=_positive_float, metavar="F", help="scale open-loop arrival times")
+    sp.add_argument("--mode", choices=["closed", "open"], help="closed: locust sessions; open: calls at their times")
+    sp.add_argument("--users", type=_positive_int, help="closed loop: concurrent sessions")
+    sp.add_argument("--arrivals", choices=["trace", "poisson", "gamma"], help="open loop arrival process")
+    sp.add_argument("--rate", type=_positive_float, metavar="R", help="open loop: calls/s (poisson|gamma)")
+    sp.add_argument("--session-rate", type=_positive_float, metavar="R", help="closed loop: session arrivals/s")
+    sp.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    sp.add_argument("--warmup", type=float, metavar="S", help="exclude the first S seconds from measurement")
+    sp.add_argument("--repetitions", type=_positive_int)
+    sp.add_argument("--workers", type=int, metavar="N", help="locust worker processes (distributed mode)")
+    sp.add_argument("--master-host", metavar="HOST", help="bind the locust master here; remote workers connect to it")
+    sp.add_argument("--slo", action="append", metavar="ttft_ms=500", help="SLO for goodput (repeatable)")
+    sp.add_argument("--name")
+    sp.add_argument("--out", metavar="DIR", help="run directory (default results/NAME)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_run)
 
     model = sub.add_parser("model", help="build models for tests and demos", epilog=EPILOG)
     msub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)

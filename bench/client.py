@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Record:
     error: str | None = None
     finish_reason: str | None = None
     text: str = ""  # the response text (kept for text traces; empty for token-id prompts)
+    warmup: bool = False  # sent during warm-up: recorded, excluded from measurement
 
 
 class StreamingClient:
@@ -58,6 +60,15 @@ class StreamingClient:
         self._conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is not None and self._conn.sock is not None:
+            # An idle keep-alive connection that is readable has been closed by the server
+            # (uvicorn does so after 5 s idle: any longer think time): reconnect, as urllib3 does.
+            try:
+                readable = select.select([self._conn.sock], [], [], 0)[0]
+            except (OSError, ValueError):
+                readable = True
+            if readable:
+                self.close()
         if self._conn is None:
             cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
             self._conn = cls(self.host, self.port, timeout=self.timeout_s)
@@ -121,6 +132,7 @@ class StreamingClient:
                     rec.cached_tokens = details.get("cached_tokens")
             if not done:
                 return self._fail(rec, "disconnected: stream ended before [DONE]")
+            resp.read()  # the chunked body's terminator: the connection is reusable only after it
             if rec.first_token is None:
                 return self._fail(rec, "no content in the stream")
         except (socket.timeout, TimeoutError):

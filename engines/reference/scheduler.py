@@ -1,0 +1,138 @@
+"""The scheduler: which sequences run this step, and how many of their tokens.
+
+One token budget per step (max_num_batched_tokens) covers everything: running sequences first
+(a decode costs one token, an unfinished prefill its next chunk), then waiting sequences in
+arrival order with prefix-cache hits taken off their prompt and the rest chunked to fit the
+budget. When the pool runs out of blocks, the newest running sequence is preempted: its blocks
+are released (cached ones stay reusable) and it goes back to the head of the queue to be
+recomputed later. Like vLLM v1, a step that preempted admits nothing new.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from engines.reference.block_pool import KVCacheManager
+from engines.reference.sequence import Sequence, Status
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at max_waiting. The server answers 503 with Retry-After."""
+
+    def __init__(self, max_waiting: int) -> None:
+        super().__init__(f"waiting queue is full ({max_waiting} requests)")
+        self.max_waiting = max_waiting
+
+
+@dataclass
+class SchedulerCounters:
+    preemptions: int = 0
+    recomputed_tokens: int = 0  # tokens computed again after preemption (prefix hits excluded)
+    steps: int = 0
+    prompt_tokens_computed: int = 0  # prefill tokens run through the model (cache hits excluded)
+    generation_tokens: int = 0
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_new_tokens: list[int]  # per seq, this step
+    total_tokens: int
+
+
+class Scheduler:
+    def __init__(self, kv: KVCacheManager, max_num_batched_tokens: int, max_num_seqs: int) -> None:
+        self.kv = kv
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in order of admission: the last is preempted first
+        self.counters = SchedulerCounters()
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+        self.kv.pool.touch_session(seq.session_id)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        budget = self.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        counts: list[int] = []
+        preemptions_before = self.counters.preemptions
+
+        # 1. running sequences, oldest first (a decode needs 1 token, a prefill its next chunk)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self._allocate_or_preempt(seq, n):
+                break  # seq was the newest left and went itself
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+            i += 1
+
+        # 2. waiting sequences, first come first served; none after a preemption (as vLLM v1:
+        # admitting new work while evicting running work would thrash)
+        now = time.monotonic()
+        while (self.waiting and budget > 0 and self.counters.preemptions == preemptions_before
+               and len(self.running) < self.max_num_seqs):
+            seq = self.waiting[0]
+            hits = self.kv.get_computed_blocks(seq) if seq.num_computed_tokens == 0 else []
+            num_hit = len(hits) * self.kv.block_size
+            n = min(seq.num_tokens - seq.num_computed_tokens - num_hit, budget)
+            if not self.kv.allocate_slots(seq, n, hits):
+                break  # head of line waits for blocks
+            self.waiting.popleft()
+            seq.num_computed_tokens += num_hit
+            if seq.num_cached_tokens < 0:  # first admission (not a resume after preemption)
+                seq.num_cached_tokens = num_hit
+                seq.first_scheduled_time = now
+                self.kv.record_prefix_lookup(seq, len(hits))
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+
+        for seq, n in zip(seqs, counts):
+            start = seq.num_computed_tokens
+            if start < seq.max_computed_tokens:
+                self.counters.recomputed_tokens += min(start + n, seq.max_computed_tokens) - start
+            if start < seq.num_prompt_tokens:
+                self.counters.prompt_tokens_computed += min(start + n, seq.num_prompt_tokens) - start
+        self.counters.steps += 1
+        return ScheduledBatch(seqs, counts, self.max_num_batched_tokens - budget)
+
+    def _allocate_or_preempt(self, seq: Sequence, n: int) -> bool:
+        """Blocks for n more tokens of seq, preempting the newest running sequences until they
+        fit. False when seq itself had to be preempted."""
+        while not self.kv.allocate_slots(seq, n):
+            victim = self.running.pop()
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq)
+        seq.max_computed_tokens = max(seq.max_computed_tokens, seq.num_computed_tokens)
+        seq.num_computed_tokens = 0
+        seq.status = Status.WAITING
+        seq.num_preemptions += 1
+        self.counters.preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Retire seq (finished or aborted): cache its full blocks, release them."""
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.kv.cache_full_blocks(seq)
+        self.kv.free(seq)
