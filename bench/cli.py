@@ -195,6 +195,12 @@ def cmd_run(args) -> int:
     return code
 
 
+def cmd_serve(args) -> int:
+    from engines.reference.server import run_from_args
+    run_from_args(args)
+    return 0
+
+
 # ---- model, demo ------------------------------------------------------------------------------
 
 def cmd_model_tiny(args) -> int:
@@ -315,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", help="run directory (default results/NAME)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_run)
+
+    from engines.reference.serve_args import add_serve_arguments
+    sp = sub.add_parser("serve", help="start the reference engine's OpenAI-compatible server", epilog=EPILOG,
+                        description="Serve a Llama-family checkpoint with the in-repo reference engine: "
+                                    "/v1/completions, /v1/chat/completions (streaming), /v1/models, /health, /metrics.")
+    add_serve_arguments(sp)
+    sp.set_defaults(func=cmd_serve)
 
     model = sub.add_parser("model", help="build models for tests and demos", epilog=EPILOG)
     msub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)

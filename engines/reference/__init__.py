@@ -17,15 +17,23 @@ Modules, each named for what it holds:
   sampler.py          greedy / temperature / top-k / top-p / seeded sampling
   model_runner.py     batch buffers, model execution, sampling per step
   engine.py           LLMEngine: add_request / step / abort / generate / stats
+  serve_args.py       the `serve` command's options (light: no torch import)
+  server.py           the OpenAI-compatible HTTP server
+  api_protocol.py     request validation and response bodies of the server
   benchmark.py        `python -m engines.reference.benchmark`: offline throughput vs HF transformers
   server.py, api_protocol.py  the OpenAI-compatible HTTP server over LLMEngine
 
 May import: traces/ (only to materialize token ids), the standard library and third-party packages.
 """
-from engines.reference.config import NAMED_CONFIGS, EngineConfig, ModelConfig
-from engines.reference.engine import LLMEngine
-from engines.reference.scheduler import QueueFullError
-from engines.reference.sequence import Output, SamplingParams, StepOutput
+import importlib
 
-__all__ = ["EngineConfig", "LLMEngine", "ModelConfig", "NAMED_CONFIGS", "Output", "QueueFullError",
-           "SamplingParams", "StepOutput"]
+# Imported on first use (PEP 562): `tierbench --help` and `serve_args` must not pay for torch.
+_EXPORTS = {"EngineConfig": "config", "ModelConfig": "config", "NAMED_CONFIGS": "config", "LLMEngine": "engine",
+            "QueueFullError": "scheduler", "Output": "sequence", "SamplingParams": "sequence", "StepOutput": "sequence"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"engines.reference.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'engines.reference' has no attribute {name!r}")

@@ -1,0 +1,96 @@
+"""The `serve` command's options, shared by `tierbench serve` and `python -m engines.reference.server`.
+Kept apart from server.py so that building the CLI parser does not import torch."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(v: str) -> int:
+    """Bytes from '2GiB', '512M', '1.5g', '1073741824' (k/m/g/t are binary multiples)."""
+    m = _SIZE.match(str(v))
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size such as 2GiB or 512MiB, got {v!r}")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    n = int(float(m.group(1)) * mult)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {v!r}")
+    return n
+
+
+def _pos_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _nonneg_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return x
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `serve` options. Engine knobs left unset keep EngineConfig's defaults."""
+    parser.add_argument("--model", required=True,
+                        help="checkpoint directory (HF Llama format with tokenizer.json), or a named shape "
+                             "with --load-format dummy and --tokenizer")
+    parser.add_argument("--served-model-name", default=None,
+                        help="the model name clients use (default: --model as given)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("TIERBENCH_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1 (default: $TIERBENCH_API_KEY, else none)")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    e = parser.add_argument_group("engine")
+    e.add_argument("--max-model-len", type=_pos_int, default=None,
+                   help="context length (default: min(max_position_embeddings, 32768))")
+    e.add_argument("--block-size", type=_pos_int, default=None, help="tokens per KV block (power of two)")
+    kv = e.add_mutually_exclusive_group()
+    kv.add_argument("--kv-cache-memory", type=parse_size, default=None, metavar="SIZE",
+                    help="KV-cache size, e.g. 2GiB (default: on CUDA --gpu-memory-utilization, else 1GiB)")
+    kv.add_argument("--num-blocks", type=_pos_int, default=None, help="KV-cache size in blocks")
+    e.add_argument("--gpu-memory-utilization", type=float, default=None)
+    e.add_argument("--max-num-seqs", type=_pos_int, default=None, help="running sequences at most")
+    e.add_argument("--max-num-batched-tokens", type=_pos_int, default=None, help="token budget per step")
+    e.add_argument("--max-waiting", type=_pos_int, default=None,
+                   help="waiting requests at most; beyond, requests get 503 with Retry-After")
+    e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
+    e.add_argument("--step-delay-ms", type=_nonneg_float, default=None,
+                   help="sleep added to every engine step (to test regression gates)")
+    e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    e.add_argument("--load-format", choices=["auto", "safetensors", "dummy"], default=None)
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--device", default=None, help="cpu or cuda[:n] (default cpu)")
+    e.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
+    e.add_argument("--num-threads", type=_pos_int, default=None, help="torch CPU threads")
+    return parser
+
+
+# CLI option -> EngineConfig field
+_ENGINE_ARGS = {
+    "block_size": "block_size", "kv_cache_memory": "kv_cache_memory_bytes", "num_blocks": "num_blocks",
+    "gpu_memory_utilization": "gpu_memory_utilization", "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "max_num_batched_tokens", "max_waiting": "max_waiting",
+    "step_delay_ms": "step_delay_ms", "dtype": "dtype", "load_format": "load_format", "seed": "seed",
+    "device": "device", "attention_backend": "attention_backend", "num_threads": "num_threads",
+}
+
+
+def engine_overrides_from_args(args: argparse.Namespace) -> dict:
+    out = {field: getattr(args, opt) for opt, field in _ENGINE_ARGS.items() if getattr(args, opt, None) is not None}
+    if getattr(args, "no_prefix_caching", False):
+        out["enable_prefix_caching"] = False
+    return out

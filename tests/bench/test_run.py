@@ -1,0 +1,150 @@
+"""`tierbench run` end to end with a real reference server on loopback: the run directory, an
+engine killed mid-run, an interrupted run, and malformed specs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_env(tiny_model_dir, tmp_path_factory):
+    return {**os.environ, "TIERBENCH_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def run_cli(args, env, timeout=240):
+    return subprocess.run([sys.executable, "-m", "bench", "run", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_closed_loop_run_directory(tiny_model_dir, model_env, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(["--trace", "profile:demo", "--sessions", "4", "--model", str(tiny_model_dir), "--engine", "reference",
+                 "--think-scale", "0.2", "--users", "4", "--out", str(out), "--repetitions", "2", "--quiet"], model_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "completed" and info["git_commit"] and info["environment"]["cores"]
+    assert info["spec"]["trace"]["path"] == "profile:demo"
+    eng = info["engines"]["reference"]
+    assert len(eng["repetitions"]) == 2 and eng["prefix_cache_reset"] == [True]
+    assert (out / "server-reference.log").exists()
+    req = pd.read_parquet(out / "requests.parquet")
+    calls = info["workload"]["calls"]
+    assert len(req) == 2 * calls and (req["status"] == "ok").all()
+    assert (req["output_tokens"] == req["expected_output_tokens"]).all()
+    assert (req["prompt_tokens"] == req["expected_prompt_tokens"]).all()
+    assert set(req["tier"]) == {"rep0", "rep1"}
+    # Each session's calls in order, each after the previous one ended.
+    for (_, _), g in req.groupby(["tier", "session"]):
+        g = g.sort_values("call_index")
+        assert list(g["call_index"]) == list(range(len(g)))
+        assert (g["sent"].values[1:] >= g["last_token"].values[:-1]).all()
+    sessions = pd.read_parquet(out / "sessions.parquet")
+    assert len(sessions) == 2 * info["workload"]["sessions"]
+    s = info["summary"]["reference@rep0"]
+    assert s["completed"] == calls and s["makespan_p50_s"] > 0 and 0 < s["prefix_cache_hit_ratio"] <= 1
+    assert "TTFT p50" in r.stdout
+
+
+def test_open_loop_run(tiny_model_dir, model_env, tmp_path):
+    out = tmp_path / "open"
+    r = run_cli(["--trace", "profile:demo", "--sessions", "3", "--model", str(tiny_model_dir), "--mode", "open",
+                 "--rate", "8", "--out", str(out), "--quiet"], model_env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    req = pd.read_parquet(out / "requests.parquet")
+    assert req["intended_start"].notna().all() and (req["status"] == "ok").all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["engines"]["reference"]["repetitions"][0]["lag_p99_ms"] < 100
+
+
+def test_engine_killed_mid_run(tiny_model_dir, model_env, tmp_path):
+    """The server dies: the run ends, the calls after are failed with a reason, finished ones stay."""
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", "6",
+                             "--model", str(tiny_model_dir), "--users", "2", "--think-scale", "1.0", "--out", str(out),
+                             "--quiet"], env=model_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        killed = False
+        while time.time() < deadline and not killed:
+            time.sleep(0.3)
+            rows = sum(1 for f in out.glob("requests.*.jsonl") for _ in open(f)) if out.exists() else 0
+            if rows >= 3:
+                info = json.loads((out / "run.json").read_text())
+                url = info["engines"]["reference"]["base_url"]
+                port = url.rsplit(":", 1)[1]
+                pids = subprocess.run(["pgrep", "-f", f"engines.reference.server.*--port {port}"], capture_output=True,
+                                      text=True).stdout.split()
+                assert pids, "the server process"
+                for pid in pids:
+                    os.kill(int(pid), signal.SIGKILL)
+                killed = True
+        assert killed
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["engines"]["reference"]["died"] is True
+    req = pd.read_parquet(out / "requests.parquet")
+    ok, failed = req[req["status"] == "ok"], req[req["status"] == "error"]
+    assert len(ok) >= 3 and len(failed) >= 1
+    assert failed["error"].str.contains("disconnected|refused|HTTP", regex=True).all()
+    assert "died" in stderr
+
+
+def test_sigterm_keeps_finished_requests(tiny_model_dir, model_env, tmp_path):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", "8",
+                             "--model", str(tiny_model_dir), "--users", "2", "--think-scale", "1.0", "--out", str(out),
+                             "--quiet"], env=model_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if out.exists() and sum(1 for f in out.glob("requests.*.jsonl") for _ in open(f)) >= 2:
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    req = pd.read_parquet(out / "requests.parquet")
+    assert (req["status"] == "ok").sum() >= 2
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, "no locust or server process outlives the run"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[load]\nmode = 'sideways'\n", "spec.toml:2: field 'load.mode'"),
+    ("[trace]\nsessions = -1\n", "spec.toml:2: field 'trace.sessions'"),
+    ("name = 'x'\n[load\n", "spec.toml:2: invalid TOML"),
+    ("[[engines]]\nkind = 'tpu'\n", "spec.toml:2: field 'engines[0].kind'"),
+    ("bogus = 1\n", "spec.toml:1: field 'bogus'"),
+])
+def test_malformed_spec_exits_2(tmp_path, capsys, text, needle):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+def test_malformed_trace_exits_2(tmp_path, capsys):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"timestamp": 0, "input_length": 5, "output_length": -1}\n')
+    assert main(["run", "--trace", str(bad), "--quiet"]) == 2
+    assert "t.jsonl:1: field 'output_length'" in capsys.readouterr().err
