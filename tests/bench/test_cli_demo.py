@@ -7,14 +7,15 @@ from bench.cli import main
 from traces.load import load_trace
 
 
-def test_demo_writes_trace_stats_and_plots(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    st = json.loads((tmp_path / "stats.json").read_text())
-    assert st["sessions"] == 16 and st["calls"] >= 16 * 4
-    assert st["input_tokens"]["max"] <= 4096  # fits the tiny model
-    assert (tmp_path / "trace.html").read_text().count('class="plotly-graph-div"') == 5
-    assert load_trace(tmp_path / "trace.jsonl").num_calls == st["calls"]
-    assert "calls_per_session" in capsys.readouterr().out
+def test_demo_reference_only(tmp_path, capsys):
+    """The demo's path with the reference engine alone (the vLLM side is tests/bench/test_vllm_run.py)."""
+    assert main(["demo", "--out", str(tmp_path), "--sessions", "3", "--no-vllm"]) == 0
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "completed" and list(info["engines"]) == ["reference"]
+    s = info["summary"]["reference"]
+    assert s["completed"] == info["workload"]["calls"] and s["failed"] == 0
+    out = capsys.readouterr().out
+    assert "TTFT p99" in out and "makespan p50" in out and "prefix hit" in out
 
 
 def test_synth_then_fit_round_trip(tmp_path, capsys):
