@@ -2,10 +2,10 @@
 
 Every latency metric matches `vllm bench serve` (vllm/benchmarks/serve.py, calculate_metrics):
 
-- TTFT = first content chunk - send;  E2EL = last content chunk - send;
+- TTFT = first chunk with choices - send;  E2EL = last such chunk - send;
 - TPOT = (E2EL - TTFT) / (output_tokens - 1), only for outputs longer than one token (for goodput
   a 1-token output counts as TPOT 0, as vLLM does);
-- ITL  = every gap between consecutive content chunks, pooled over all requests;
+- ITL  = every gap between consecutive chunks with choices, pooled over all requests;
 - mean, std (population, numpy default), median and percentiles by linear interpolation
   (numpy's default), computed in seconds and reported in milliseconds;
 - throughput = completed requests, output tokens and prompt+output tokens over the duration;
@@ -158,7 +158,7 @@ def _prompt_tokens(df: pd.DataFrame) -> np.ndarray:
 
 def error_prefix(message) -> str:
     """The class of an error message: the text before its first ':' ('HTTP 500',
-    'disconnected', 'timeout after 600 s', 'malformed stream', 'no content in the stream')."""
+    'disconnected', 'timeout after 600 s', 'malformed stream', 'no choices in the stream')."""
     if message is None or (isinstance(message, float) and math.isnan(message)):
         return "unknown"
     s = str(message).strip()

@@ -27,9 +27,9 @@ class Record:
     call_index: int = 0
     intended: float | None = None  # when the schedule wanted it sent (open loop), or the think end
     sent: float = 0.0
-    first_token: float | None = None  # first chunk whose choices carry content
+    first_token: float | None = None  # first chunk with choices (vLLM's TTFT)
     last_token: float | None = None
-    chunk_times: list[float] = field(default_factory=list)  # every content chunk, in order
+    chunk_times: list[float] = field(default_factory=list)  # every chunk with choices, in order
     prompt_tokens: int | None = None  # as the server reports them
     output_tokens: int | None = None
     cached_tokens: int | None = None
@@ -115,13 +115,14 @@ class StreamingClient:
                     piece = c0.get("text")
                     if piece is None:
                         piece = (c0.get("delta") or {}).get("content")
-                    if piece:  # vLLM's client times chunks that carry content
-                        if rec.first_token is None:
-                            rec.first_token = now
-                        rec.chunk_times.append(now)
-                        rec.last_token = now
-                        if self.keep_text:
-                            text_parts.append(piece)
+                    # As vLLM's benchmark client: every chunk with choices is timed, even when
+                    # its text is empty (a special token, or bytes of a partial character).
+                    if rec.first_token is None:
+                        rec.first_token = now
+                    rec.chunk_times.append(now)
+                    rec.last_token = now
+                    if piece and self.keep_text:
+                        text_parts.append(piece)
                     if c0.get("finish_reason"):
                         rec.finish_reason = c0["finish_reason"]
                 u = chunk.get("usage")
@@ -134,7 +135,7 @@ class StreamingClient:
                 return self._fail(rec, "disconnected: stream ended before [DONE]")
             resp.read()  # the chunked body's terminator: the connection is reusable only after it
             if rec.first_token is None:
-                return self._fail(rec, "no content in the stream")
+                return self._fail(rec, "no choices in the stream")
         except (socket.timeout, TimeoutError):
             return self._fail(rec, f"timeout after {self.timeout_s:g} s")
         except (ConnectionError, http.client.HTTPException, OSError) as e:
