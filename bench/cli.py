@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines.reference.serve_args import positive_float, positive_int
 from traces.errors import TraceError
 
 EPILOG = "Exit status: 0 ok, 1 failed gate or check, 2 bad input."
@@ -18,26 +19,6 @@ EPILOG = "Exit status: 0 ok, 1 failed gate or check, 2 bad input."
 
 class BadInput(Exception):
     """A usage error found after parsing (a bad value combination); exits 2."""
-
-
-def _positive_int(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _positive_float(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return x
 
 
 def _tokenizer_dir(arg: str | None) -> Path:
@@ -267,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override format auto-detection")
         sp.add_argument("--tokenizer", metavar="MODEL_DIR",
                         help="tokenizer for text traces (default: the tiny model's, built on first use)")
-        sp.add_argument("--sessions", type=_positive_int, default=None, help="sessions to draw for profile:NAME (default 32)")
+        sp.add_argument("--sessions", type=positive_int, default=None, help="sessions to draw for profile:NAME (default 32)")
         sp.add_argument("--seed", type=int, default=0, help="seed for profile:NAME (default 0)")
 
     sp = tsub.add_parser("stats", help="characterize a trace (DESIGN.md keys)", epilog=EPILOG,
@@ -286,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = tsub.add_parser("synth", help="draw a synthetic trace from a profile", epilog=EPILOG,
                          description="Draw agent sessions from a bundled profile (agentic-coding, swe-agent, demo) or a profile JSON file.")
     sp.add_argument("--profile", required=True, metavar="NAME_OR_FILE")
-    sp.add_argument("--sessions", type=_positive_int, required=True, metavar="N")
+    sp.add_argument("--sessions", type=positive_int, required=True, metavar="N")
     sp.add_argument("--seed", type=int, default=0, metavar="S")
-    sp.add_argument("--rate", type=_positive_float, default=None, metavar="R",
+    sp.add_argument("--rate", type=positive_float, default=None, metavar="R",
                     help="session arrivals per second (Poisson; default: the profile's)")
     sp.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="native trace (JSONL)")
     sp.set_defaults(func=cmd_trace_synth)
@@ -298,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_input(sp)
     sp.add_argument("--to", required=True, choices=["native", "mooncake"])
     sp.add_argument("-o", "--output", required=True, metavar="OUT")
-    sp.add_argument("--block-size", type=_positive_int, default=512, help="Mooncake hash block size in tokens (default 512)")
-    sp.add_argument("--token-scale", type=_positive_float, default=1.0, metavar="F", help="scale token counts by F")
-    sp.add_argument("--max-context", type=_positive_int, default=None, metavar="N", help="cap prompt + output at N tokens")
+    sp.add_argument("--block-size", type=positive_int, default=512, help="Mooncake hash block size in tokens (default 512)")
+    sp.add_argument("--token-scale", type=positive_float, default=1.0, metavar="F", help="scale token counts by F")
+    sp.add_argument("--max-context", type=positive_int, default=None, metavar="N", help="cap prompt + output at N tokens")
     sp.set_defaults(func=cmd_trace_convert)
 
     sp = sub.add_parser("run", help="replay a trace against engines and record every request", epilog=EPILOG,
@@ -317,20 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", metavar="DIR", help="checkpoint directory, or 'tiny' (default)")
     sp.add_argument("--engine-arg", action="append", metavar="=ARG", help="passed to each started server (repeatable)")
     sp.add_argument("--api-key-env", metavar="VAR", help="environment variable with the API key of URL engines")
-    sp.add_argument("--sessions", type=_positive_int)
+    sp.add_argument("--sessions", type=positive_int)
     sp.add_argument("--seed", type=int)
-    sp.add_argument("--token-scale", type=_positive_float, metavar="F")
-    sp.add_argument("--max-context", type=_positive_int, metavar="N")
+    sp.add_argument("--token-scale", type=positive_float, metavar="F")
+    sp.add_argument("--max-context", type=positive_int, metavar="N")
     sp.add_argument("--think-scale", type=float, metavar="F", help="scale think times (0: no think time)")
-    sp.add_argument("--time-scale", type=_positive_float, metavar="F", help="scale open-loop arrival times")
+    sp.add_argument("--time-scale", type=positive_float, metavar="F", help="scale open-loop arrival times")
     sp.add_argument("--mode", choices=["closed", "open"], help="closed: locust sessions; open: calls at their times")
-    sp.add_argument("--users", type=_positive_int, help="closed loop: concurrent sessions")
+    sp.add_argument("--users", type=positive_int, help="closed loop: concurrent sessions")
     sp.add_argument("--arrivals", choices=["trace", "poisson", "gamma"], help="open loop arrival process")
-    sp.add_argument("--rate", type=_positive_float, metavar="R", help="open loop: calls/s (poisson|gamma)")
-    sp.add_argument("--session-rate", type=_positive_float, metavar="R", help="closed loop: session arrivals/s")
-    sp.add_argument("--duration", type=_positive_float, metavar="S", help="stop after S seconds")
+    sp.add_argument("--rate", type=positive_float, metavar="R", help="open loop: calls/s (poisson|gamma)")
+    sp.add_argument("--session-rate", type=positive_float, metavar="R", help="closed loop: session arrivals/s")
+    sp.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     sp.add_argument("--warmup", type=float, metavar="S", help="exclude the first S seconds from measurement")
-    sp.add_argument("--repetitions", type=_positive_int)
+    sp.add_argument("--repetitions", type=positive_int)
     sp.add_argument("--workers", type=int, metavar="N", help="locust worker processes (distributed mode)")
     sp.add_argument("--master-host", metavar="HOST", help="bind the locust master here; remote workers connect to it")
     sp.add_argument("--slo", action="append", metavar="ttft_ms=500", help="SLO for goodput (repeatable)")
@@ -357,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Build the tiny model, synthesize agent sessions from the demo profile, replay "
                                     "them against the reference engine and vLLM (CPU) and print a summary per engine.")
     sp.add_argument("--out", default="results/demo", metavar="DIR")
-    sp.add_argument("--sessions", type=_positive_int, default=16)
-    sp.add_argument("--users", type=_positive_int, default=8, help="concurrent sessions (default 8)")
+    sp.add_argument("--sessions", type=positive_int, default=16)
+    sp.add_argument("--users", type=positive_int, default=8, help="concurrent sessions (default 8)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--no-vllm", action="store_true", help="the reference engine only")
     sp.set_defaults(func=cmd_demo)

@@ -27,6 +27,7 @@ from typing import Callable
 import orjson
 
 from bench.workload import read_workload
+from engines.launch import die_with_parent
 
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().with_name("locust_user.py")
@@ -165,7 +166,8 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
         log = open(run_dir / "locust.log", "ab")
         logs.append(log)
         procs.append(subprocess.Popen(master, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True))
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=die_with_parent))
         if not workers:
             progress.pids.add(procs[0].pid)
         elif master_host:
@@ -181,7 +183,8 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
                 logs.append(wlog)
                 p = subprocess.Popen(base + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
                                      cwd=REPO, env=env, stdout=wlog, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=die_with_parent)
                 procs.append(p)
                 progress.pids.add(p.pid)
         deadline = None

@@ -60,6 +60,16 @@ def vllm_python() -> str:
     return os.environ.get("TIERBENCH_VLLM_PYTHON") or sys.executable
 
 
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies, so a server never
+    outlives a run that was killed outright (SIGKILL leaves no chance to clean up)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class ServerDied(RuntimeError):
     pass
 
@@ -107,7 +117,7 @@ class Server:
         t0 = time.monotonic()
         # A new session: Ctrl-C in the terminal reaches us, and we stop the whole server group.
         self.proc = subprocess.Popen(self.command(port), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         default = 900.0 if self.spec.kind == "vllm" else 180.0
         try:

@@ -26,3 +26,36 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def weka_trace():
     from traces.load import load_trace
     return load_trace(shared("weka-kv-cache-tester"))
+
+
+class RefServer:
+    """The reference server for tests (`python -m engines.reference.server` through the run's own
+    launcher), served as 'tiny' with one torch thread: `.url`, `.wait_ready()`, `.stop()`."""
+
+    NAME = "tiny"
+
+    def __init__(self, model_dir: Path, log: Path, *extra: str, max_model_len: int = 1024):
+        from engines.launch import EngineSpec, Server
+        spec = EngineSpec("reference", name=log.stem, model=str(model_dir), served_model=self.NAME,
+                          args=["--served-model-name", self.NAME, "--max-model-len", str(max_model_len),
+                                "--num-threads", "1", *extra], env={"TIERBENCH_API_KEY": ""})
+        self.server = Server(spec, log.parent)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        self.server.spec.startup_timeout_s = timeout
+        self.server.start()
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def proc(self):
+        return self.server.proc
+
+    @property
+    def log(self) -> Path:
+        return self.server.log_path
+
+    def stop(self) -> None:
+        self.server.stop()

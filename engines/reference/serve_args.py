@@ -21,24 +21,26 @@ def parse_size(v: str) -> int:
     return n
 
 
-def _pos_int(v: str) -> int:
+def _number(v: str, kind, minimum, strict: bool):
     try:
-        n = int(v)
+        x = kind(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {v!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _nonneg_float(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {v!r}") from None
+    if x < minimum or (strict and x == minimum):
+        raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {minimum}, got {v}")
     return x
+
+
+def positive_int(v: str) -> int:
+    return _number(v, int, 1, strict=False)
+
+
+def positive_float(v: str) -> float:
+    return _number(v, float, 0, strict=True)
+
+
+def nonneg_float(v: str) -> float:
+    return _number(v, float, 0, strict=False)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -55,27 +57,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $TIERBENCH_API_KEY, else none)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     e = parser.add_argument_group("engine")
-    e.add_argument("--max-model-len", type=_pos_int, default=None,
+    e.add_argument("--max-model-len", type=positive_int, default=None,
                    help="context length (default: min(max_position_embeddings, 32768))")
-    e.add_argument("--block-size", type=_pos_int, default=None, help="tokens per KV block (power of two)")
+    e.add_argument("--block-size", type=positive_int, default=None, help="tokens per KV block (power of two)")
     kv = e.add_mutually_exclusive_group()
     kv.add_argument("--kv-cache-memory", type=parse_size, default=None, metavar="SIZE",
                     help="KV-cache size, e.g. 2GiB (default: on CUDA --gpu-memory-utilization, else 1GiB)")
-    kv.add_argument("--num-blocks", type=_pos_int, default=None, help="KV-cache size in blocks")
+    kv.add_argument("--num-blocks", type=positive_int, default=None, help="KV-cache size in blocks")
     e.add_argument("--gpu-memory-utilization", type=float, default=None)
-    e.add_argument("--max-num-seqs", type=_pos_int, default=None, help="running sequences at most")
-    e.add_argument("--max-num-batched-tokens", type=_pos_int, default=None, help="token budget per step")
-    e.add_argument("--max-waiting", type=_pos_int, default=None,
+    e.add_argument("--max-num-seqs", type=positive_int, default=None, help="running sequences at most")
+    e.add_argument("--max-num-batched-tokens", type=positive_int, default=None, help="token budget per step")
+    e.add_argument("--max-waiting", type=positive_int, default=None,
                    help="waiting requests at most; beyond, requests get 503 with Retry-After")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
-    e.add_argument("--step-delay-ms", type=_nonneg_float, default=None,
+    e.add_argument("--step-delay-ms", type=nonneg_float, default=None,
                    help="sleep added to every engine step (to test regression gates)")
     e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     e.add_argument("--load-format", choices=["auto", "safetensors", "dummy"], default=None)
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--device", default=None, help="cpu or cuda[:n] (default cpu)")
     e.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
-    e.add_argument("--num-threads", type=_pos_int, default=None, help="torch CPU threads")
+    e.add_argument("--num-threads", type=positive_int, default=None, help="torch CPU threads")
     return parser
 
 

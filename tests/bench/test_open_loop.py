@@ -3,18 +3,15 @@ sent at its intended time and recorded, the arrival processes, stopping, and coo
 made visible when the pool and a slowed server fall behind."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+
+from tests.conftest import RefServer
 
 from bench.open_loop import arrival_offsets, run_open_loop, trace_offsets
 from bench.recorder import Recorder
@@ -24,48 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 NAME = "tiny"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-class Server:
-    """`python -m engines.reference.server` in a subprocess on a free loopback port."""
-
-    def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_f = open(log, "w")
-        env = dict(os.environ, PYTHONPATH=str(REPO), TIERBENCH_API_KEY="")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engines.reference.server", "--model", str(model_dir), "--port", str(self.port),
-             "--served-model-name", NAME, "--max-model-len", "1024", "--num-threads", "1", *extra],
-            cwd=REPO, env=env, stdout=self._log_f, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_f.close()
+class Server(RefServer):
+    pass
 
 
 def make_plans(n_sessions: int = 4, n_calls: int = 3, *, seed: int = 0, start_gap: float = 0.1,

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from engines.launch import free_port
+from tests.conftest import RefServer
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -27,48 +26,10 @@ KEY = "sekrit-key"
 MAX_MODEL_LEN = 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-class Server:
+class Server(RefServer):
     def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = dict(os.environ, PYTHONPATH=str(REPO), TIERBENCH_API_KEY="")
-        self._log_f = open(log, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engines.reference.server", "--model", str(model_dir), "--port", str(self.port),
-             "--served-model-name", NAME, "--max-model-len", str(MAX_MODEL_LEN), "--num-threads", "1", *extra],
-            cwd=REPO, env=env, stdout=self._log_f, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_f.close()
-
-    def metrics(self) -> dict[str, float]:
-        return parse_prometheus(httpx.get(self.url + "/metrics", timeout=5).text)[0]
+        super().__init__(model_dir, log, *extra, max_model_len=MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +155,7 @@ def test_cli_options_map_to_engine_config():
     import argparse
 
     from engines.reference.config import EngineConfig
-    from engines.reference.server import add_serve_arguments, engine_overrides_from_args, parse_size
+    from engines.reference.serve_args import add_serve_arguments, engine_overrides_from_args, parse_size
 
     p = add_serve_arguments(argparse.ArgumentParser())
     a = p.parse_args(["--model", "m", "--block-size", "32", "--kv-cache-memory", "512MiB", "--max-num-seqs", "4",
@@ -578,7 +539,7 @@ def fake_server(tokenizer):
     from engines.reference.server import build_app
     engine = FakeEngine()
     app = build_app(engine, tokenizer, NAME)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
