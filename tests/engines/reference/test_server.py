@@ -31,6 +31,9 @@ class Server(RefServer):
     def __init__(self, model_dir: Path, log: Path, *extra: str) -> None:
         super().__init__(model_dir, log, *extra, max_model_len=MAX_MODEL_LEN)
 
+    def metrics(self) -> dict[str, float]:
+        return parse_prometheus(httpx.get(self.url + "/metrics", timeout=5).text)[0]
+
 
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir, tmp_path_factory):
