@@ -187,6 +187,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from bench.calibrate import calibrate
+    r = calibrate(Path(args.out), sessions=args.sessions, calls=args.calls, tokens=args.tokens, ttft_ms=args.ttft_ms,
+                  itl_ms=args.itl_ms, workers=args.workers)
+    t, i = r["ttft_overhead_ms"], r["itl_overhead_ms"]
+    print(f"{r['ok']}/{r['requests']} requests ok at {r['sessions']} concurrent sessions")
+    print(f"client overhead on TTFT: p50 {t['p50']:.3f} ms, p99 {t['p99']:.3f} ms, max {t['max']:.3f} ms")
+    print(f"client overhead on ITL:  p50 {i['p50']:.3f} ms, p99 {i['p99']:.3f} ms, max {i['max']:.3f} ms")
+    print(f"bar p99 <= {r['bar_p99_ms']:g} ms: {'pass' if r['pass'] else 'FAIL'}; wrote {args.out}/calibration.json")
+    return 0 if r["pass"] else 1
+
+
 # ---- model, demo ------------------------------------------------------------------------------
 
 def cmd_model_tiny(args) -> int:
@@ -326,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "/v1/completions, /v1/chat/completions (streaming), /v1/models, /health, /metrics.")
     add_serve_arguments(sp)
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("calibrate", help="measure the client's own overhead against an instant server", epilog=EPILOG,
+                        description="Drive the bundled instant streaming server with closed-loop sessions and report "
+                                    "what the client adds to TTFT and ITL (exit 1 when p99 exceeds 2 ms).")
+    sp.add_argument("--sessions", type=positive_int, default=64, help="concurrent sessions (default 64)")
+    sp.add_argument("--calls", type=positive_int, default=10, help="calls per session (default 10)")
+    sp.add_argument("--tokens", type=positive_int, default=32, help="chunks per response (default 32)")
+    sp.add_argument("--ttft-ms", type=float, default=20.0, help="the server's time to first chunk (default 20)")
+    sp.add_argument("--itl-ms", type=float, default=10.0, help="the server's gap between chunks (default 10)")
+    sp.add_argument("--workers", type=int, default=0, help="locust worker processes (default 0: one process)")
+    sp.add_argument("--out", default="results/calibrate", metavar="DIR")
+    sp.set_defaults(func=cmd_calibrate)
 
     model = sub.add_parser("model", help="build models for tests and demos", epilog=EPILOG)
     msub = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)

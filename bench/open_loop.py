@@ -44,7 +44,8 @@ def session_headers(session_id: str) -> dict:
 
 def stream_call(client: StreamingClient, session_id: str, model: str, call: CallPlan, rec: Record) -> Record:
     """Send one call and stream it into rec."""
-    return client.stream(COMPLETIONS_PATH, call_payload(model, call), rec, session_headers(session_id))
+    headers = {**session_headers(session_id), "X-Request-Id": rec.request_id}
+    return client.stream(COMPLETIONS_PATH, call_payload(model, call), rec, headers)
 
 
 def new_record(session: SessionPlan, call: CallPlan, intended: float | None, warmup: bool,

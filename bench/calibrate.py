@@ -1,0 +1,94 @@
+"""Self-calibration: how much the client itself adds to TTFT and ITL. Closed-loop sessions (the
+locust path of `tierbench run`) drive the instant server (bench/instant_server.py), which logs
+when each request arrived and when it wrote each chunk. The client's overhead is what it measures
+beyond what the server did:
+
+- TTFT overhead = client TTFT (first chunk - send) - server TTFT (first write - request read);
+- ITL overhead  = |client gap - server gap| for every pair of consecutive chunks.
+
+Both are differences of differences, so each side's clock only has to be monotonic.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench.closed_loop import run_closed_loop
+from bench.workload import CallPlan, SessionPlan, write_workload
+from engines.launch import die_with_parent, free_port
+
+BAR_MS = 2.0
+
+
+def calibrate(out: Path, sessions: int = 64, calls: int = 10, tokens: int = 32, ttft_ms: float = 20.0,
+              itl_ms: float = 10.0, workers: int = 0) -> dict:
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("requests.*.jsonl")) + [out / "server-times.jsonl"]:
+        old.unlink(missing_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(out / "instant-server.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.instant_server", "--port", str(port), "--ttft-ms", str(ttft_ms),
+                             "--itl-ms", str(itl_ms), "--log", str(out / "server-times.jsonl")],
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    try:
+        _wait_health(url, proc)
+        plans = [SessionPlan(f"c{i:03d}", 0.0, [CallPlan(k, list(range(5, 21)), tokens) for k in range(calls)])
+                 for i in range(sessions)]
+        write_workload(plans, out / "workload.jsonl")
+        load = run_closed_loop(out / "workload.jsonl", url, "instant", out, "instant", users=sessions, workers=workers)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+    rows = [json.loads(line) for f in out.glob("requests.*.jsonl") for line in open(f)]
+    client = pd.DataFrame(rows).set_index("request_id")
+    server = {r["request_id"]: r for r in map(json.loads, open(out / "server-times.jsonl"))}
+    ttft_over, itl_over = [], []
+    for rid, row in client.iterrows():
+        s = server.get(rid)
+        if row["status"] != "ok" or s is None:
+            continue
+        ttft_over.append((row["first_token"] - row["sent"]) - (s["writes"][0] - s["received"]))
+        gaps = np.diff(s["writes"])
+        n = min(len(gaps), len(row["itl"]))
+        itl_over.extend(np.abs(np.asarray(row["itl"][:n]) - gaps[:n]).tolist())
+    t, i = np.asarray(ttft_over) * 1e3, np.asarray(itl_over) * 1e3
+    report = {
+        "sessions": sessions, "calls_per_session": calls, "tokens": tokens, "server_ttft_ms": ttft_ms,
+        "server_itl_ms": itl_ms, "workers": workers, "requests": int(len(client)),
+        "ok": int((client["status"] == "ok").sum()), "matched": len(ttft_over),
+        "ttft_overhead_ms": _dist(t), "itl_overhead_ms": _dist(i), "bar_p99_ms": BAR_MS,
+        "pass": bool(len(t) and np.percentile(t, 99) <= BAR_MS and np.percentile(i, 99) <= BAR_MS),
+        "load": load,
+    }
+    (out / "calibration.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _dist(a: np.ndarray) -> dict:
+    if not len(a):
+        return {}
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": int(len(a))}
+
+
+def _wait_health(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the instant server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("the instant server did not start")
