@@ -3,7 +3,7 @@
 Locally (workers=0) one locust process runs every user. With workers=N, locust's own distributed
 mode: one `--master --expect-workers N` and N `--worker` processes, here or (master_host set) on
 other machines; load scales with locust's machinery. Every process writes its own
-requests.<pid>.jsonl into run_dir; the locust output goes to run_dir/locust.log (master or local)
+requests.<pid>.<engine>.jsonl into run_dir; the locust output goes to run_dir/locust.log (master or local)
 and run_dir/locust.worker<i>.log. The config reaches the locustfile as a JSON file
 (run_dir/locust.config.json, named by $TIERBENCH_LOCUST_CONFIG); the API key only through the
 environment, never a file.
@@ -26,6 +26,7 @@ from typing import Callable
 
 import orjson
 
+from bench.recorder import records_path
 from bench.workload import read_workload
 from engines.launch import die_with_parent
 
@@ -45,17 +46,17 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 class _Progress:
-    """Counts rows (and error rows) appended to some requests.<pid>.jsonl files, incrementally."""
+    """Counts rows (and error rows) appended to some requests.<pid>.<engine>.jsonl files, incrementally."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, engine: str):
+        self.run_dir, self.engine = run_dir, engine
         self.pids: set[int] = set()
         self.offsets: dict[Path, int] = {}
         self.rows = self.errors = 0
 
     def poll(self) -> tuple[int, int]:
         for pid in self.pids:
-            p = self.run_dir / f"requests.{pid}.jsonl"
+            p = records_path(self.run_dir, pid, self.engine)
             try:
                 with open(p, "rb") as f:
                     f.seek(self.offsets.get(p, 0))
@@ -158,7 +159,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
                    "--expect-workers", str(workers)]
         if not master_host:
             master += ["--expect-workers-max-wait", str(int(STARTUP_GRACE_S))]
-    progress = _Progress(run_dir)
+    progress = _Progress(run_dir, engine)
     procs: list[subprocess.Popen] = []
     logs = []
     t_start = time.monotonic()
@@ -221,7 +222,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     calls = errors = 0
     seen: dict[str, set] = {}
     for pid in progress.pids:
-        p = run_dir / f"requests.{pid}.jsonl"
+        p = records_path(run_dir, pid, engine)
         if not p.exists():
             continue
         with open(p, "rb") as f:

@@ -1,5 +1,5 @@
 """Per-request records appended to JSONL as they complete, so an interrupted run keeps every
-finished request. Each process writes its own file (requests.<pid>.jsonl); the run merges them
+finished request. Each process writes its own file per engine (requests.<pid>.<engine>.jsonl); the run merges them
 into requests.parquet at the end.
 
 Times: each process records perf_counter (monotonic, exact within the process) and converts to
@@ -9,6 +9,7 @@ workers) line up while differences within one request stay exact.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -38,11 +39,17 @@ def record_row(rec: Record, engine: str, tier: str = "") -> dict:
     }
 
 
+def records_path(run_dir: Path, pid: int, engine: str) -> Path:
+    """Where process `pid` appends its records of `engine`: one file per process and engine, so
+    engines run side by side in one process never share a file."""
+    return Path(run_dir) / f"requests.{pid}.{re.sub(r'[^A-Za-z0-9_.-]', '_', engine)}.jsonl"
+
+
 class Recorder:
-    """Appends rows to <dir>/requests.<pid>.jsonl, flushed per row. Thread-safe."""
+    """Appends rows to records_path(dir, pid, engine), flushed per row. Thread-safe."""
 
     def __init__(self, run_dir: Path, engine: str, tier: str = ""):
-        self.path = Path(run_dir) / f"requests.{os.getpid()}.jsonl"
+        self.path = records_path(run_dir, os.getpid(), engine)
         self.engine, self.tier = engine, tier
         self._f = open(self.path, "ab")
         self._lock = threading.Lock()

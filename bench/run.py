@@ -74,14 +74,16 @@ class RunDir:
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("requests*.jsonl"):  # a rerun into the same directory starts clean
             old.unlink()
+        self._lock = threading.Lock()
         self.info = {"name": spec.name, "status": "running", "spec": spec.to_dict(), "git_commit": git_commit(),
                      "environment": environment(), "start": _now(), "end": None, "engines": {}, "summary": {}}
         self.save()
 
     def save(self) -> None:
-        tmp = self.path / "run.json.tmp"
-        tmp.write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
-        tmp.replace(self.path / "run.json")
+        with self._lock:  # engines side by side save from their own threads
+            tmp = self.path / "run.json.tmp"
+            tmp.write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
+            tmp.replace(self.path / "run.json")
 
 
 def _now() -> str:
@@ -115,9 +117,12 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
         for engine in spec.engines:
             if engine.kind != "url" and not engine.model:
                 engine.model = str(model_dir)
-            result = run_engine(spec, engine, plans, out, rd, progress, log)
-            if result.get("died") or result.get("errors"):
-                code = EXIT_FAILED
+        if spec.load.side_by_side and len(spec.engines) > 1:
+            results = _side_by_side(spec, plans, out, rd, progress, log)
+        else:
+            results = [run_engine(spec, engine, plans, out, rd, progress, log) for engine in spec.engines]
+        if any(r.get("died") or r.get("errors") for r in results):
+            code = EXIT_FAILED
     except KeyboardInterrupt:
         status, code = "interrupted", EXIT_INTERRUPTED
         log("interrupted: keeping every finished request")
@@ -126,6 +131,30 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
             signal.signal(signal.SIGTERM, previous)
         finalize(out, rd, spec, status, log)
     return code
+
+
+def _side_by_side(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) -> list[dict]:
+    """Every engine at once, each on its own thread with its own server and load generator. On
+    Ctrl-C the main thread finalizes; the daemon threads' servers and locust processes die with
+    the run (they are started with PR_SET_PDEATHSIG)."""
+    results: list[dict] = [{} for _ in spec.engines]
+    errors: list[BaseException] = []
+
+    def one(i, engine):
+        try:
+            results[i] = run_engine(spec, engine, plans, out, rd, progress, log, position=i)
+        except BaseException as e:  # noqa: BLE001 - reported after the join
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i, e), daemon=True) for i, e in enumerate(spec.engines)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # short joins keep Ctrl-C and SIGTERM responsive
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _raise_interrupt(signum, frame):
@@ -143,7 +172,7 @@ def resolve_model(model: str) -> Path:
     return p
 
 
-def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bool, log) -> dict:
+def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bool, log, position: int = 0) -> dict:
     """Start the engine's server (or check the URL), run every repetition, watch for its death."""
     from bench.recorder import Recorder
 
@@ -174,7 +203,7 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
                 info.setdefault("prefix_cache_reset", []).append(server.reset_prefix_cache())
             tier = f"rep{rep}" if spec.load.repetitions > 1 else ""
             recorder = Recorder(out, engine.name, tier)
-            bar = _progress(total_calls, f"{engine.name}" + (f" rep {rep + 1}" if tier else ""), progress)
+            bar = _progress(total_calls, f"{engine.name}" + (f" rep {rep + 1}" if tier else ""), progress, position)
             t_rep = time.monotonic()
             try:
                 result = run_load(spec, plans, server, recorder, out, engine.name, tier, bar, died)
@@ -227,9 +256,10 @@ def run_load(spec: RunSpec, plans, server: Server, recorder, out: Path, engine: 
                            api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, position: int = 0):
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=" calls", disable=not enabled, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=desc, unit=" calls", disable=not enabled, dynamic_ncols=True, leave=False,
+                position=position)
 
 
 def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:

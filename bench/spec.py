@@ -22,6 +22,7 @@
     warmup_s = 0.0
     repetitions = 1
     workers = 0                    # locust worker processes (distributed mode)
+    side_by_side = false           # all engines at once instead of one after another
 
     [[engines]]
     kind = "reference"             # reference | vllm | url
@@ -67,6 +68,7 @@ class LoadSpec:
     workers: int = 0
     master_host: str | None = None
     timeout_s: float = 600.0
+    side_by_side: bool = False  # engines run at the same time (default: one after another)
 
 
 @dataclass
@@ -172,6 +174,10 @@ def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> 
 
 def _check(section: str, key: str, value, default, fail):
     fieldname = f"{section}.{key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail(f"expected true or false, got {value!r}", fieldname, key)
+        return value
     if (section, key) in _CHOICES:
         if value not in _CHOICES[(section, key)]:
             fail(f"expected one of {', '.join(_CHOICES[(section, key)])}, got {value!r}", fieldname, key)
