@@ -27,12 +27,15 @@ def _store_kv_kernel(key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     off = slot % block_size
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
-    mask = (h < num_kv_heads) & (d < head_dim) & (slot >= 0)
-    dst = blk * stride_cb + off * stride_cs + h * stride_ch + d
-    k = tl.load(key_ptr + t * stride_kt + h * stride_kh + d, mask=mask)
-    tl.store(k_cache_ptr + dst, k, mask=mask)
-    v = tl.load(value_ptr + t * stride_vt + h * stride_vh + d, mask=mask)
-    tl.store(v_cache_ptr + dst, v, mask=mask)
+    # A scalar branch, not a scalar term in the mask: triton 3.9's interpreter rejects a mask
+    # that mixes a scalar bool into a tensor.
+    if slot >= 0:
+        mask = (h < num_kv_heads) & (d < head_dim)
+        dst = blk * stride_cb + off * stride_cs + h * stride_ch + d
+        k = tl.load(key_ptr + t * stride_kt + h * stride_kh + d, mask=mask)
+        tl.store(k_cache_ptr + dst, k, mask=mask)
+        v = tl.load(value_ptr + t * stride_vt + h * stride_vh + d, mask=mask)
+        tl.store(v_cache_ptr + dst, v, mask=mask)
 
 
 @triton.jit
