@@ -195,6 +195,9 @@ def cmd_calibrate(args) -> int:
     print(f"{r['ok']}/{r['requests']} requests ok at {r['sessions']} concurrent sessions")
     print(f"client overhead on TTFT: p50 {t['p50']:.3f} ms, p99 {t['p99']:.3f} ms, max {t['max']:.3f} ms")
     print(f"client overhead on ITL:  p50 {i['p50']:.3f} ms, p99 {i['p99']:.3f} ms, max {i['max']:.3f} ms")
+    f = r["first_call_ttft_overhead_ms"]
+    if f:
+        print(f"first call of a session (opens its connection): TTFT overhead p50 {f['p50']:.3f} ms, p99 {f['p99']:.3f} ms")
     print(f"bar p99 <= {r['bar_p99_ms']:g} ms: {'pass' if r['pass'] else 'FAIL'}; wrote {args.out}/calibration.json")
     return 0 if r["pass"] else 1
 
