@@ -174,7 +174,6 @@ def resolve_model(model: str) -> Path:
 
 def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bool, log, position: int = 0) -> dict:
     """Start the engine's server (or check the URL), run every repetition, watch for its death."""
-    from bench.recorder import Recorder
 
     total_calls = sum(len(p.calls) for p in plans)
     info = rd.info["engines"].setdefault(engine.name, {"kind": engine.kind, "repetitions": []})
@@ -202,15 +201,13 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
             if rep:
                 info.setdefault("prefix_cache_reset", []).append(server.reset_prefix_cache())
             tier = f"rep{rep}" if spec.load.repetitions > 1 else ""
-            recorder = Recorder(out, engine.name, tier)
             bar = _progress(total_calls, f"{engine.name}" + (f" rep {rep + 1}" if tier else ""), progress, position)
             t_rep = time.monotonic()
             try:
-                result = run_load(spec, plans, server, recorder, out, engine.name, tier, bar, died)
+                result = run_load(spec, plans, server, out, engine.name, tier, bar, died)
             finally:
-                recorder.close()
                 bar.close()
-            errors += recorder.errors + int(result.get("errors", 0) if spec.load.mode == "closed" else 0)
+            errors += int(result.get("errors", 0))
             result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": tier})
             info["repetitions"].append(result)
             rd.save()
@@ -227,20 +224,28 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
     return {"died": info.get("died", False), "errors": errors}
 
 
-def run_load(spec: RunSpec, plans, server: Server, recorder, out: Path, engine: str, tier: str, bar, died) -> dict:
+def run_load(spec: RunSpec, plans, server: Server, out: Path, engine: str, tier: str, bar, died) -> dict:
+    """One repetition against one server: the open-loop scheduler in this process, or locust
+    (closed loop) in its own processes, each writing records as calls complete."""
     load = spec.load
     if load.mode == "open":
         from bench.open_loop import run_open_loop
+        from bench.recorder import Recorder
+
+        recorder = Recorder(out, engine, tier)
 
         def on_record(rec):
             bar.update(1)
             if rec.status != "ok":
                 bar.set_postfix_str(f"errors {recorder.errors + 1}")
 
-        return run_open_loop(plans, server.base_url, server.model_name, recorder, api_key=server.api_key,
-                             arrivals=load.arrivals, rate=load.rate or None, gamma_cv=load.gamma_cv, seed=spec.trace.seed,
-                             duration_s=load.duration_s or None, warmup_s=load.warmup_s, timeout_s=load.timeout_s,
-                             stop_event=died, on_record=on_record)
+        try:
+            return run_open_loop(plans, server.base_url, server.model_name, recorder, api_key=server.api_key,
+                                 arrivals=load.arrivals, rate=load.rate or None, gamma_cv=load.gamma_cv,
+                                 seed=spec.trace.seed, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
+                                 timeout_s=load.timeout_s, stop_event=died, on_record=on_record)
+        finally:
+            recorder.close()
     from bench.closed_loop import run_closed_loop
 
     done = [0]
