@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import orjson
 
 from bench.recorder import records_path
 from bench.workload import read_workload
-from engines.launch import die_with_parent
+from engines.launch import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().with_name("locust_user.py")
@@ -37,12 +36,6 @@ API_KEY_ENV = "TIERBENCH_LOCUST_API_KEY"
 POLL_S = 0.5
 TERM_GRACE_S = 10.0
 STARTUP_GRACE_S = 120.0  # locust start and workers connecting (the --run-time clock starts after)
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class _Progress:
@@ -154,7 +147,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     port = None
     if workers:
         bind = master_host or "127.0.0.1"
-        port = _free_port(bind if not master_host else "0.0.0.0")
+        port = free_port(bind if not master_host else "0.0.0.0")
         master += ["--master", "--master-bind-host", bind, "--master-bind-port", str(port),
                    "--expect-workers", str(workers)]
         if not master_host:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import orjson
 from scipy.stats import ks_2samp
 
+from bench.run import git_commit
 from traces.fit import fit_profile
 from traces.model import STOP_TOOL, Trace
 from traces.stats import call_series, trace_stats
@@ -120,15 +120,6 @@ def _worst(rows: list[dict]) -> dict:
     return {k: max((r[k] for r in rows if r[k] is not None), default=None) for k in (*QUANTITIES, "reuse_diff")}
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
-    except OSError:
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def load_sources(shared: Path, tokenizer_dir: str | None) -> dict[str, Trace]:
     from traces.load import load_trace
     out = {"agentic-coding": load_trace(shared / "weka-kv-cache-tester")}
@@ -151,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     report = {"command": "python -m bench.fidelity" + (" " + " ".join(argv) if argv else ""),
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "commit": _git_commit(), "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
+              "commit": git_commit(), "python": sys.version.split()[0], "numpy": np.__version__, "machine": platform.machine(),
               "bar": {"ks_max": KS_MAX, "reuse_diff_max": REUSE_MAX},
               "method": "KS = scipy.stats.ks_2samp statistic between the real and the synthetic sample; "
                         "full_fit: profile fitted on the whole trace, as many sessions synthesized (seeds 0-2); "
