@@ -131,7 +131,8 @@ def spec_from_args(args):
                             ("users", ld, "users"), ("arrivals", ld, "arrivals"), ("rate", ld, "rate"),
                             ("session_rate", ld, "session_rate"), ("duration", ld, "duration_s"),
                             ("warmup", ld, "warmup_s"), ("repetitions", ld, "repetitions"), ("workers", ld, "workers"),
-                            ("master_host", ld, "master_host"), ("name", spec, "name"), ("model", spec, "model")):
+                            ("master_host", ld, "master_host"), ("name", spec, "name"), ("model", spec, "model"),
+                            ("early_stop", ld, "early_stop"), ("early_stop_confidence", ld, "early_stop_confidence")):
         v = getattr(args, flag, None)
         if v is not None:
             setattr(obj, attr, v)
@@ -247,6 +248,95 @@ def cmd_demo(args) -> int:
     return code
 
 
+# ---- analysis: compare, gate, report ------------------------------------------------------------
+
+def _run(path: str):
+    from analysis.rundata import load_run
+    try:
+        return load_run(path)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+def _groups(arg: str | None) -> tuple[str, str] | None:
+    if not arg:
+        return None
+    a, sep, b = arg.partition(":")
+    if not a:
+        raise BadInput(f"--groups {arg!r}: expected BASELINE_GROUP[:CANDIDATE_GROUP], e.g. reference:vllm")
+    return a, (b if sep and b else a)
+
+
+def cmd_compare(args) -> int:
+    from analysis.compare import DEFAULT_METRICS, compare_metric, compare_runs, format_compare
+    a, b = _run(args.run_a), _run(args.run_b)
+    metrics = args.metric or list(DEFAULT_METRICS)
+    groups = _groups(args.groups)
+    if groups:
+        for run, g in ((a, groups[0]), (b, groups[1])):
+            if g not in run.groups():
+                raise BadInput(f"{run.path}: no group {g!r} (it has {run.groups()})")
+        rows = [compare_metric(a, groups[0], b, groups[1], m, confidence=args.confidence) for m in metrics]
+    else:
+        rows = compare_runs(a, b, metrics, confidence=args.confidence)
+        if not rows:
+            raise BadInput(f"{args.run_b}: no group in common with {args.run_a} (groups {a.groups()} vs "
+                           f"{b.groups()}); pick them with --groups A:B")
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(f"baseline {a.path} ({a.name}), candidate {b.path} ({b.name}); ratio = candidate / baseline; "
+              f"latencies in ms, throughputs per second")
+        print(format_compare(rows, "baseline", "candidate"))
+    return 0
+
+
+def cmd_gate(args) -> int:
+    from analysis.gate import GateInputError, gate_failed, run_gate, write_outputs
+    if not args.metric:
+        raise BadInput("gate: give at least one --metric (e.g. --metric ttft_p99 --metric output_throughput)")
+    base, cand = _run(args.baseline), _run(args.candidate)
+    try:
+        verdicts = run_gate(base, cand, args.metric, args.max_regression, confidence=args.confidence,
+                            advisory=args.advisory or [], groups=_groups(args.groups))
+    except GateInputError as e:
+        raise BadInput(str(e)) from None
+    md = write_outputs(verdicts, base, cand, args.max_regression, args.confidence,
+                       Path(args.markdown) if args.markdown else None, Path(args.junit) if args.junit else None)
+    print(md, end="")
+    return 1 if gate_failed(verdicts) else 0
+
+
+def cmd_report(args) -> int:
+    from analysis.report import write_report
+    for r in args.runs:
+        _run(r)  # bad input: one line, exit 2
+    out = Path(args.output) if args.output else Path(args.runs[0]) / "report.html"
+    path = write_report(args.runs, out, title=args.title, confidence=args.confidence)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _confidence(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0.5 and 1, got {text!r}") from None
+    if not 0.5 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0.5 and 1, got {text!r}")
+    return v
+
+
+def _pct(text: str) -> float:
+    try:
+        v = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 <= v < 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100), got {text!r}")
+    return v
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, metavar="N", help="locust worker processes (distributed mode)")
     sp.add_argument("--master-host", metavar="HOST", help="bind the locust master here; remote workers connect to it")
     sp.add_argument("--slo", action="append", metavar="ttft_ms=500", help="SLO for goodput (repeatable)")
+    sp.add_argument("--early-stop", action="append", metavar="ttft_p99<=500",
+                    help="stop a repetition once this percentile target is met or missed at the confidence "
+                         "(binomial rule at 64, 128, 256, ... calls; repeatable: stops when all are decided)")
+    sp.add_argument("--early-stop-confidence", type=float, metavar="C", help="confidence of --early-stop (default 0.95)")
     sp.add_argument("--name")
     sp.add_argument("--out", metavar="DIR", help="run directory (default results/NAME)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -360,6 +454,55 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out_dir", metavar="OUT_DIR")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_model_tiny)
+
+    sp = sub.add_parser("compare", help="compare two runs: candidate / baseline with confidence intervals",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Each latency percentile of RUN_B (candidate) against RUN_A (baseline), as a "
+                                    "ratio with a bootstrap interval over sessions: paired per call where the same "
+                                    "calls ran on both, unpaired (with a Mann-Whitney U test) otherwise. Groups "
+                                    "(engine or engine@tier) present in both runs are compared, or the single group "
+                                    "of each.")
+    sp.add_argument("run_a", metavar="RUN_A", help="baseline run directory (or summary JSON)")
+    sp.add_argument("run_b", metavar="RUN_B", help="candidate run directory (or summary JSON)")
+    sp.add_argument("--metric", action="append", metavar="NAME",
+                    help="e.g. ttft_p99, e2el_p50, tpot_mean, output_throughput (repeatable; default: a standard set)")
+    sp.add_argument("--groups", metavar="A[:B]", help="compare group A of RUN_A with group B of RUN_B "
+                                                     "(e.g. reference:vllm with the same run twice)")
+    sp.add_argument("--confidence", type=_confidence, default=0.95, help="interval confidence (default 0.95)")
+    sp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sp.set_defaults(func=cmd_compare)
+
+    sp = sub.add_parser("gate", help="fail (exit 1) when a candidate run regresses against a baseline",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Latency metrics fail when the candidate/baseline ratio's one-sided lower "
+                                    "confidence bound exceeds 1 + max-regression; throughputs (higher is better) "
+                                    "mirror that; deterministic counters (steps, prompt_tokens_computed, "
+                                    "prefix_hit_tokens, preemptions, completed, ...) must be equal. Writes a Markdown "
+                                    "summary (also printed) and a JUnit XML file for CI.\n\nexample:\n"
+                                    "  tierbench gate --baseline results/ci-baseline --candidate results/new "
+                                    "--metric ttft_p99 --metric output_throughput --max-regression 10")
+    sp.add_argument("--baseline", required=True, metavar="RUN_OR_JSON")
+    sp.add_argument("--candidate", required=True, metavar="RUN_OR_JSON")
+    sp.add_argument("--metric", action="append", metavar="NAME", help="gated metric (repeatable)")
+    sp.add_argument("--advisory", action="append", metavar="NAME", help="reported, never fails (repeatable)")
+    sp.add_argument("--max-regression", type=_pct, default=10.0, metavar="PCT",
+                    help="allowed regression in percent (default 10; counters are always exact)")
+    sp.add_argument("--confidence", type=_confidence, default=0.95, help="decision confidence (default 0.95)")
+    sp.add_argument("--groups", metavar="A[:B]", help="gate group B of the candidate against group A of the baseline")
+    sp.add_argument("--markdown", default="gate-summary.md", metavar="PATH", help="Markdown summary (default gate-summary.md)")
+    sp.add_argument("--junit", default="gate-junit.xml", metavar="PATH", help="JUnit XML (default gate-junit.xml)")
+    sp.set_defaults(func=cmd_gate)
+
+    sp = sub.add_parser("report", help="write one self-contained HTML report of one or more runs", epilog=EPILOG,
+                        description="Summary with confidence intervals, comparison (first run = baseline), "
+                                    "throughput-latency points, latency CDFs per engine and tier, session makespan "
+                                    "breakdown, prefix hit by turn, a timeline, and provenance. Plotly is inlined: "
+                                    "the file opens without a network.")
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    sp.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html of the first run")
+    sp.add_argument("--title")
+    sp.add_argument("--confidence", type=_confidence, default=0.95)
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("demo", help="the main job on an embedded default", epilog=EPILOG,
                         description="Build the tiny model, synthesize agent sessions from the demo profile, replay "

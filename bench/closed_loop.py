@@ -19,13 +19,14 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import orjson
 
-from bench.recorder import records_path
+from bench.recorder import read_new_rows, records_path
 from bench.workload import read_workload
 from engines.launch import die_with_parent, free_port
 
@@ -49,16 +50,7 @@ class _Progress:
 
     def poll(self) -> tuple[int, int]:
         for pid in self.pids:
-            p = records_path(self.run_dir, pid, self.engine)
-            try:
-                with open(p, "rb") as f:
-                    f.seek(self.offsets.get(p, 0))
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            end = data.rfind(b"\n") + 1  # whole rows only
-            chunk = data[:end]
-            self.offsets[p] = self.offsets.get(p, 0) + end
+            chunk = read_new_rows(records_path(self.run_dir, pid, self.engine), self.offsets)
             self.rows += chunk.count(b"\n")
             self.errors += chunk.count(b'"status":"error"')
         return self.rows, self.errors
@@ -97,7 +89,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: str, *, users: int,
                     workers: int = 0, master_host: str | None = None, duration_s: float | None = None,
                     warmup_s: float = 0.0, api_key: str | None = None, tier: str = "", timeout_s: float = 600,
-                    on_progress: Callable[[int, int], None] | None = None) -> dict:
+                    on_progress: Callable[[int, int], None] | None = None,
+                    stop_event: threading.Event | None = None) -> dict:
     """Play the sessions of the workload file (bench.workload.write_workload) with `users`
     concurrent locust users until every session is done or duration_s passed (rounded up to whole
     seconds: locust's --run-time; in-flight requests then finish and are recorded).
@@ -105,7 +98,8 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     workers=N>0: locust's distributed mode with N local worker processes; with master_host set,
     only the master starts, bound to master_host, and the command a remote worker runs is printed
     (and returned as worker_command); such workers write their records on their own machines.
-    on_progress(done_calls, errors) is called about every 0.5 s from this thread.
+    on_progress(done_calls, errors) is called about every 0.5 s from this thread. Setting
+    stop_event ends the run at once (locust is stopped; calls in flight are lost, finished ones kept).
 
     Returns {sessions, sessions_done, calls, errors, exit_code, worker_exit_codes, elapsed_s,
     worker_command}: counts from the records this run's local processes wrote; sessions_done counts
@@ -199,6 +193,8 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
                 break  # a worker died before the run ended (its log says why): the finally stops the rest
             if deadline is not None and time.monotonic() > deadline:
                 break  # locust did not stop by itself: the finally stops it
+            if stop_event is not None and stop_event.is_set():
+                break  # the server died or the early-stop rules are decided: the finally stops locust
             time.sleep(0.05)
             if on_progress is not None and time.monotonic() >= next_progress:
                 next_progress = time.monotonic() + POLL_S

@@ -45,6 +45,20 @@ def records_path(run_dir: Path, pid: int, engine: str) -> Path:
     return Path(run_dir) / f"requests.{pid}.{re.sub(r'[^A-Za-z0-9_.-]', '_', engine)}.jsonl"
 
 
+def read_new_rows(path: Path, offsets: dict[Path, int]) -> bytes:
+    """The whole rows appended to `path` since offsets[path] (advanced past them); a row still
+    being written stays for the next call. b"" for a file not created yet."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offsets.get(path, 0))
+            data = f.read()
+    except FileNotFoundError:
+        return b""
+    end = data.rfind(b"\n") + 1
+    offsets[path] = offsets.get(path, 0) + end
+    return data[:end]
+
+
 class Recorder:
     """Appends rows to records_path(dir, pid, engine), flushed per row. Thread-safe."""
 

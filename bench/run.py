@@ -19,9 +19,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.early_stop import EarlyStopWatch
 from bench.spec import RunSpec
 from bench.workload import build_workload, ideal_prefix_hit, write_workload
-from engines.launch import Server
+from engines.launch import Server, counter_delta
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -203,10 +204,23 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
             tier = f"rep{rep}" if spec.load.repetitions > 1 else ""
             bar = _progress(total_calls, f"{engine.name}" + (f" rep {rep + 1}" if tier else ""), progress, position)
             t_rep = time.monotonic()
+            before = server.counters()
+            # halt ends the load generator: the server died, or every early-stop rule is decided
+            halt = threading.Event()
+            watch = EarlyStopWatch(spec.load.early_stop_rules(), out, engine.name, tier, died, halt).start()
             try:
-                result = run_load(spec, plans, server, out, engine.name, tier, bar, died)
+                result = run_load(spec, plans, server, out, engine.name, tier, bar, halt)
             finally:
+                watch.stop()
                 bar.close()
+            if watch.report():
+                result["early_stop"] = watch.report()
+                if result["early_stop"]["stopped_early"]:
+                    log(f"[{engine.name}] stopped early: " + "; ".join(
+                        f"{r['rule']} {r['decision']} after {r['calls']} calls" for r in result["early_stop"]["rules"]))
+            # what the engine did for this repetition: deterministic for a fixed request set and
+            # schedule, so `tierbench gate` can gate it exactly
+            result["engine_counters"] = counter_delta(before, server.counters() if server.alive() else None)
             errors += int(result.get("errors", 0))
             result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": tier})
             info["repetitions"].append(result)
@@ -258,7 +272,8 @@ def run_load(spec: RunSpec, plans, server: Server, out: Path, engine: str, tier:
     wl = out / "workload.jsonl"
     return run_closed_loop(wl, server.base_url, server.model_name, out, engine, users=load.users, workers=load.workers,
                            master_host=load.master_host, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
-                           api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress)
+                           api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress,
+                           stop_event=died)
 
 
 def _progress(total: int, desc: str, enabled: bool, position: int = 0):
@@ -294,5 +309,7 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
             eng, _, tier = key.partition("@")
             sub = st[(st["engine"] == eng) & ((st["tier"] == tier) if "tier" in st else True)]
             s.update(makespan_summary(sub))
+            reps = rd.info["engines"].get(eng, {}).get("repetitions", [])
+            s["engine_counters"] = next((r.get("engine_counters") for r in reps if r.get("tier", "") == tier), None)
         rd.info["summary"] = summary
     rd.save()

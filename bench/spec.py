@@ -23,6 +23,8 @@
     repetitions = 1
     workers = 0                    # locust worker processes (distributed mode)
     side_by_side = false           # all engines at once instead of one after another
+    early_stop = ["ttft_p99<=500"] # stop once every percentile target is met or missed (MLPerf-style)
+    early_stop_confidence = 0.95
 
     [[engines]]
     kind = "reference"             # reference | vllm | url
@@ -69,6 +71,12 @@ class LoadSpec:
     master_host: str | None = None
     timeout_s: float = 600.0
     side_by_side: bool = False  # engines run at the same time (default: one after another)
+    early_stop: list[str] = field(default_factory=list)  # e.g. ["ttft_p99<=500"]: stop once decided
+    early_stop_confidence: float = 0.95
+
+    def early_stop_rules(self) -> list:
+        from analysis.stats import EarlyStopRule
+        return [EarlyStopRule.parse(r, self.early_stop_confidence) for r in self.early_stop]
 
 
 @dataclass
@@ -174,6 +182,20 @@ def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> 
 
 def _check(section: str, key: str, value, default, fail):
     fieldname = f"{section}.{key}"
+    if key == "early_stop":
+        from analysis.stats import EarlyStopRule
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail("expected an array of rules like \"ttft_p99<=500\"", fieldname, key)
+        for v in value:
+            try:
+                EarlyStopRule.parse(v)
+            except ValueError as e:
+                fail(str(e), fieldname, key)
+        return list(value)
+    if key == "early_stop_confidence":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 < value < 1:
+            fail(f"expected a number between 0.5 and 1, got {value!r}", fieldname, key)
+        return float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             fail(f"expected true or false, got {value!r}", fieldname, key)

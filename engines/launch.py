@@ -172,6 +172,20 @@ class Server:
         except (urllib.error.URLError, OSError):
             return False
 
+    def counters(self) -> dict[str, float] | None:
+        """The engine's cumulative counters from its Prometheus /metrics (None where it has none):
+        the reference engine's tierbench_*_total names without prefix and suffix (steps,
+        prompt_tokens_computed, prefix_hit_tokens, preemptions, ...), or vLLM's equivalents."""
+        req = urllib.request.Request(self.base_url + "/metrics")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                text = r.read().decode("utf-8", "replace")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return parse_counters(text) or None
+
     def stop(self, timeout_s: float = 20.0) -> None:
         p = self.proc
         if p is None or p.poll() is not None:
@@ -199,6 +213,44 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# vLLM's counter names -> tierbench's (engines/reference/server.py render_metrics)
+_VLLM_COUNTERS = {"vllm:num_preemptions_total": "preemptions", "vllm:prefix_cache_hits_total": "prefix_hit_tokens",
+                  "vllm:prefix_cache_queries_total": "prefix_queried_tokens",
+                  "vllm:prompt_tokens_total": "prompt_tokens", "vllm:generation_tokens_total": "generation_tokens"}
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Counters from Prometheus text: tierbench_X_total -> X (tierbench_engine_steps_total ->
+    steps), vLLM's by _VLLM_COUNTERS; samples of one name with different labels are summed. The
+    reference engine reports both sets; its own names win."""
+    own: dict[str, float] = {}
+    vllm: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        if name.startswith("tierbench_") and name.endswith("_total"):
+            key = name[len("tierbench_"):-len("_total")]
+            key = "steps" if key == "engine_steps" else key
+            own[key] = own.get(key, 0.0) + v
+        elif name in _VLLM_COUNTERS:
+            key = _VLLM_COUNTERS[name]
+            vllm[key] = vllm.get(key, 0.0) + v
+    return {**vllm, **own}
+
+
+def counter_delta(before: dict | None, after: dict | None) -> dict[str, float] | None:
+    """after - before for every counter in both (what one repetition added)."""
+    if not before or not after:
+        return None
+    return {k: after[k] - before[k] for k in after if k in before}
 
 
 def have_vllm() -> bool:

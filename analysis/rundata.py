@@ -1,0 +1,84 @@
+"""One run, read back: run.json, the requests table and the sessions table.
+
+A run directory (results/<run>/) is what `tierbench run` writes. A bare JSON file is accepted where
+only a summary exists (a run.json copied out of its directory, or `{"summary": {...}}`): such a
+Run has summaries but no per-request rows, so it supports point comparisons only.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.metrics import group_key, load_requests
+from analysis.sessions import measured_rows, sessions_table
+
+
+@dataclass
+class Run:
+    path: Path
+    info: dict                              # run.json
+    requests: pd.DataFrame | None = None    # every row (warm-up included); None for a summary-only JSON
+    sessions: pd.DataFrame | None = None
+    summary: dict = field(default_factory=dict)  # group key ('engine' or 'engine@tier') -> summary
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name") or self.path.stem)
+
+    @property
+    def has_rows(self) -> bool:
+        return self.requests is not None and len(self.requests) > 0
+
+    def group_rows(self, key: str) -> pd.DataFrame:
+        """The measured rows of one group ('engine' or 'engine@tier')."""
+        if not self.has_rows:
+            raise ValueError(f"{self.path}: no per-request rows (a summary-only file)")
+        df = measured_rows(self.requests)
+        keys = [group_key(e, t) for e, t in zip(df["engine"], df["tier"])]
+        return df[[k == key for k in keys]]
+
+    def groups(self) -> list[str]:
+        if self.has_rows:
+            df = measured_rows(self.requests)
+            return list(dict.fromkeys(group_key(e, t) for e, t in zip(df["engine"], df["tier"])))
+        return list(self.summary)
+
+
+def load_run(path: str | Path) -> Run:
+    """A run directory or a summary JSON file; ValueError naming the path on anything unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        info = _read_json(path / "run.json") if (path / "run.json").exists() else {}
+        requests = load_requests(path)
+        sp = path / "sessions.parquet"
+        try:
+            sessions = pd.read_parquet(sp) if sp.exists() else sessions_table(requests)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise ValueError(f"{sp}: cannot read parquet: {e}") from None
+        summary = info.get("summary") or {}
+        if not summary and len(requests):
+            from analysis.metrics import summarize_run
+            summary = summarize_run(requests)
+        return Run(path, info, requests, sessions, summary)
+    if path.is_file():
+        info = _read_json(path)
+        summary = info.get("summary", info)
+        if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
+            raise ValueError(f"{path}: field 'summary': expected an object of per-engine summaries")
+        return Run(path, info, None, None, summary)
+    raise ValueError(f"{path}: no such run directory or JSON file")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}:1: expected a JSON object")
+    return data
