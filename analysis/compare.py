@@ -134,7 +134,7 @@ def compare_metric(a: Run, ga: str, b: Run, gb: str, name: str, *, confidence: f
                           c.paired, c.n_pairs, c.mann_whitney_p)
     va, vb = _summary_value(a, ga, name), _summary_value(b, gb, name)
     ratio = vb / va if va not in (None, 0) and vb is not None else None
-    return CompareRow(ga, gb, name, va, vb, Interval(ratio, None, None, confidence, 0, 0, "point (no per-call rows)"))
+    return CompareRow(ga, gb, name, va, vb, Interval(ratio, None, None, confidence, 0, 0, "point (one value per run: no interval)"))
 
 
 def _scaled(v, k):

@@ -288,7 +288,23 @@ def cmd_compare(args) -> int:
         print(f"baseline {a.path} ({a.name}), candidate {b.path} ({b.name}); ratio = candidate / baseline; "
               f"latencies in ms, throughputs per second")
         print(format_compare(rows, "baseline", "candidate"))
+        _print_repetitions(a, b, metrics, args.confidence)
     return 0
+
+
+def _print_repetitions(a, b, metrics, confidence: float) -> None:
+    """Runs with repetitions (groups engine@repN): the between-run mean and t-interval of each
+    metric per engine, beside the within-run intervals above."""
+    from analysis.compare import repeated_runs
+    lines = []
+    for label, run in (("baseline", a), ("candidate", b)):
+        for m in metrics:
+            for engine, iv in repeated_runs(run, m, confidence).items():
+                ci = f"[{iv.lo:.2f}, {iv.hi:.2f}]" if iv.lo is not None else "-"
+                lines.append(f"  {label:9s} {engine:12s} {m:20s} mean {iv.estimate:10.2f}  t-interval {ci} over {iv.n} runs")
+    if lines:
+        print(f"\nbetween repetitions ({confidence:.0%} Student-t interval of the per-run values):")
+        print("\n".join(lines))
 
 
 def cmd_gate(args) -> int:
