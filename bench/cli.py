@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
           f"(ideal prefix hit {wl['ideal_prefix_hit']:.1%}), tiny model {model}")
     if info.get("summary"):
         print(format_summary_table(info["summary"]))
-    print(f"\n{info['status']}: {out}/ (run.json, requests.parquet, sessions.parquet, server logs)")
+    print(f"\n{info['status']}: {out}/ (run.json, requests.parquet, sessions.parquet, report.html, server logs)")
     return code
 
 

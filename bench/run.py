@@ -3,7 +3,7 @@ URL) and repetition: a load generator -> per-request records -> results/<run>/.
 
 The run directory: run.json (spec, git commit, versions, hardware, start/end, status, summary),
 workload.jsonl (the exact prompts), requests.parquet (one row per call), sessions.parquet,
-server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
+report.html, server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
 by Ctrl-C or SIGTERM keeps every finished request and its run.json says `interrupted`.
 """
 from __future__ import annotations
@@ -313,3 +313,9 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
             s["engine_counters"] = next((r.get("engine_counters") for r in reps if r.get("tier", "") == tier), None)
         rd.info["summary"] = summary
     rd.save()
+    if len(df):
+        try:  # the report is a view of the files above: a failure here loses nothing
+            from analysis.report import write_report
+            write_report([out], out / "report.html")
+        except Exception as e:  # noqa: BLE001
+            log(f"report.html not written ({type(e).__name__}: {e}); `tierbench report {out}` retries")

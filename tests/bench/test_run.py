@@ -51,6 +51,7 @@ def test_closed_loop_run_directory(tiny_model_dir, model_env, tmp_path):
         assert list(g["call_index"]) == list(range(len(g)))
         assert (g["sent"].values[1:] >= g["last_token"].values[:-1]).all()
     sessions = pd.read_parquet(out / "sessions.parquet")
+    assert "fig-cdf-ttft" in (out / "report.html").read_text()  # the run writes its report
     assert len(sessions) == 2 * info["workload"]["sessions"]
     s = info["summary"]["reference@rep0"]
     assert s["completed"] == calls and s["makespan_p50_s"] > 0 and 0 < s["prefix_cache_hit_ratio"] <= 1
