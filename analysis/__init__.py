@@ -1,5 +1,12 @@
-"""Analysis of run results: metric definitions, statistics with confidence intervals, comparisons,
-the regression gate and HTML reports.
+"""Analysis of run results:
+
+- metrics.py: vLLM's metric definitions over the requests table, plus latency from the intended
+  start, schedule lag, goodput and prefix hit against the ideal; sessions.py: session makespan
+  and its breakdown;
+- stats.py: percentile intervals (bootstrap over sessions), paired and unpaired comparisons,
+  between-run t-intervals, the early-stopping rule;
+- rundata.py: a run directory (or summary JSON) read back; compare.py: two runs compared;
+- gate.py: the regression gate (Markdown and JUnit outputs); report.py: the HTML report.
 
 May import: nothing of tierbench's other packages; it reads result files only.
 """
