@@ -37,7 +37,7 @@ COLUMNS = [
     "request_id", "engine", "tier", "session", "call_index", "intended_start", "sent", "first_token",
     "last_token", "itl", "chunks", "prompt_tokens", "output_tokens", "cached_tokens",
     "expected_prompt_tokens", "expected_output_tokens", "status", "http_status", "error",
-    "finish_reason", "warmup",
+    "finish_reason", "warmup", "network_s", "route_reason",
 ]
 
 

@@ -41,6 +41,10 @@ class Record:
     finish_reason: str | None = None
     text: str = ""  # the response text (kept for text traces; empty for token-id prompts)
     warmup: bool = False  # sent during warm-up: recorded, excluded from measurement
+    # set by a tier gateway (bench/gateway.py) in its response headers
+    routed_tier: str | None = None  # the tier the routing policy picked
+    network_s: float | None = None  # the round trip it injected (uplink + downlink)
+    route_reason: str | None = None
 
 
 class StreamingClient:
@@ -91,6 +95,12 @@ class StreamingClient:
             conn.request("POST", self.prefix + path, body=body, headers=headers)
             resp = conn.getresponse()
             rec.http_status = resp.status
+            tier = resp.getheader("x-tierbench-tier")
+            if tier is not None:
+                rec.routed_tier = tier
+                rec.route_reason = resp.getheader("x-tierbench-route-reason")
+                rtt = resp.getheader("x-tierbench-rtt-ms")
+                rec.network_s = float(rtt) / 1000.0 if rtt else None
             if resp.status != 200:
                 detail = resp.read(2000).decode("utf-8", "replace")
                 return self._fail(rec, f"HTTP {resp.status}: {_error_message(detail)}")

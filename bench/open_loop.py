@@ -43,8 +43,12 @@ def session_headers(session_id: str) -> dict:
 
 
 def stream_call(client: StreamingClient, session_id: str, model: str, call: CallPlan, rec: Record) -> Record:
-    """Send one call and stream it into rec."""
-    headers = {**session_headers(session_id), "X-Request-Id": rec.request_id}
+    """Send one call and stream it into rec. The X-Tierbench-* headers are what a tier gateway's
+    routing policy may read (session, position, the trace's complexity label); engines ignore them."""
+    headers = {**session_headers(session_id), "X-Request-Id": rec.request_id,
+               "X-Tierbench-Session": session_id, "X-Tierbench-Call-Index": str(call.index)}
+    if call.complexity:
+        headers["X-Tierbench-Complexity"] = call.complexity
     return client.stream(COMPLETIONS_PATH, call_payload(model, call), rec, headers)
 
 

@@ -26,8 +26,11 @@ def to_wall(t: float | None) -> float | None:
 
 
 def record_row(rec: Record, engine: str, tier: str = "") -> dict:
-    """The requests-table row of DESIGN.md (times as epoch seconds)."""
+    """The requests-table row of DESIGN.md (times as epoch seconds). Through a tier gateway the
+    tier is the one its policy picked, network_s the round trip it injected."""
     gaps = [b - a for a, b in zip(rec.chunk_times, rec.chunk_times[1:])]
+    if rec.routed_tier is not None:
+        tier = f"{rec.routed_tier}-{tier}" if tier else rec.routed_tier
     return {
         "request_id": rec.request_id, "engine": engine, "tier": tier, "session": rec.session,
         "call_index": rec.call_index, "intended_start": to_wall(rec.intended), "sent": to_wall(rec.sent),
@@ -36,6 +39,7 @@ def record_row(rec: Record, engine: str, tier: str = "") -> dict:
         "cached_tokens": rec.cached_tokens, "expected_prompt_tokens": rec.expected_prompt_tokens,
         "expected_output_tokens": rec.expected_output_tokens, "status": rec.status, "http_status": rec.http_status,
         "error": rec.error, "finish_reason": rec.finish_reason, "warmup": rec.warmup,
+        "network_s": rec.network_s, "route_reason": rec.route_reason,
     }
 
 

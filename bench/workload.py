@@ -24,6 +24,7 @@ class CallPlan:
     max_tokens: int
     think_s: float = 0.0  # closed loop: wait after the previous response (already think-scaled)
     arrival_s: float | None = None  # open loop: offset from the run's start (already time-scaled)
+    complexity: str | None = None  # the trace's label (simple | moderate | complex), for routing
 
 
 @dataclass
@@ -86,7 +87,8 @@ def build_workload(trace: Trace, model_dir: str | Path, *, sessions: int | None 
             if c.arrival_s is not None and starts is None:
                 arrival = (c.arrival_s - t0) * time_scale
             plan.calls.append(CallPlan(index=c.index, prompt_ids=mat.prompt_ids(si, k), max_tokens=max(1, c.output_tokens),
-                                       think_s=(c.think_s or 0.0) * think_scale, arrival_s=arrival))
+                                       think_s=(c.think_s or 0.0) * think_scale, arrival_s=arrival,
+                                       complexity=c.complexity))
         plans.append(plan)
     sub.meta.update({"think_scale": think_scale, "time_scale": time_scale})
     if session_rate:
