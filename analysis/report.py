@@ -125,8 +125,12 @@ def build_report(runs: list[Run], *, title: str | None = None, confidence: float
                    "call completes; in-flight requests are the client's view (sent to last token).</p>"),
         _section("provenance", "Provenance", "".join(provenance_html(r) for r in runs)),
     ]
+    claims = "".join(claims_html(r) for r in runs)
+    if claims:  # runs through latency tiers: the seed article's claims, checked
+        sections.insert(2, _section("claims", "Tiers: scenarios and the article's claims", claims))
     nav = "".join(f'<a href="#{sid}">{name}</a>' for sid, name in (
-        ("summary", "Summary"), ("comparison", "Comparison"), ("curve", "Throughput-latency"),
+        ("summary", "Summary"), ("comparison", "Comparison"), *((("claims", "Tiers"),) if claims else ()),
+        ("curve", "Throughput-latency"),
         ("cdf", "CDFs"), ("makespan", "Makespan"), ("prefix", "Prefix hit"), ("timeline", "Timeline"),
         ("provenance", "Provenance")))
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -581,6 +585,46 @@ def timeline_figure(groups: list[Group]) -> go.Figure | None:
 
 
 # --------------------------------------------------------------------------- 8. provenance
+
+def claims_html(run: Run) -> str:
+    """The claims.json of a run through tiers (bench/tier_study.py): per scenario the share of
+    calls per tier, network / inference / tool time per session, makespan and cost; then each
+    claim with its stated, measured and real-shape values and the verdict. '' without one."""
+    path = run.path / "claims.json" if run.path.is_dir() else None
+    if path is None or not path.exists():
+        return ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f'<p class="note">{_e(path)}: unreadable ({_e(e)})</p>'
+    rows = []
+    for name, sc in (data.get("scenarios") or {}).items():
+        share = ", ".join(f"{_e(t)} {v:.0%}" for t, v in (sc.get("tier_share") or {}).items())
+        p50, p99 = sc.get("makespan_p50_s") or {}, sc.get("makespan_p99_s") or {}
+        cost = (run.summary.get(name) or {}).get("cost_usd")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            _e(name), share, f"{sc.get('network_per_session_s', 0):.2f}", f"{sc.get('inference_per_session_s', 0):.2f}",
+            f"{sc.get('tool_per_session_s', 0):.2f}", _ci_text(p50), _ci_text(p99),
+            "-" if cost is None else f"${cost:.4f}")) + "</tr>")
+    head = ("<tr><th>scenario</th><th>calls per tier</th><th>network s/session</th><th>inference s/session</th>"
+            "<th>tool s/session</th><th>makespan p50 s</th><th>makespan p99 s</th><th>cost</th></tr>")
+    claims = []
+    for c in data.get("claims") or []:
+        claims.append("<tr>" + "".join(f"<td>{x}</td>" for x in (
+            _e(c.get("claim")), _e(json.dumps(c.get("stated"))), _e(json.dumps(c.get("measured"), default=str)[:400]),
+            f"<b>{_e(c.get('verdict'))}</b>", _e(c.get("reason")))) + "</tr>")
+    return (f"<h3>{_e(run.name)}</h3><table>{head}{''.join(rows)}</table>"
+            f'<p class="note">{_e(data.get("note", ""))} Makespan intervals: each session its own unit.</p>'
+            "<table><tr><th>claim</th><th>stated assumptions</th><th>measured here</th><th>verdict</th>"
+            f"<th>why</th></tr>{''.join(claims)}</table>")
+
+
+def _ci_text(iv: dict) -> str:
+    est, lo, hi = iv.get("estimate"), iv.get("lo"), iv.get("hi")
+    if est is None:
+        return "-"
+    return f"{est:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+
 
 def provenance_html(run: Run) -> str:
     info = run.info or {}

@@ -153,6 +153,18 @@ def spec_from_args(args):
     for slo in args.slo or []:
         key, _, val = slo.partition("=")
         spec.slos[key] = float(val)
+    if args.tier:
+        from bench.tiers import parse_tier
+        if len(spec.engines) != 1:
+            raise BadInput(f"--tier puts tiers in front of one engine; this run has {len(spec.engines)} "
+                           "(give one --engine, or [[tiers]] with engine = NAME in a spec)")
+        for text in args.tier:
+            try:
+                prof = parse_tier(text)
+            except ValueError as e:
+                raise BadInput(str(e)) from None
+            spec.tiers.append({"name": prof.name, "profile": text.strip(), "engine": spec.engines[0].name})
+        spec.scenarios = []  # one scenario per tier
     # Re-validate the merged spec (flags can be wrong too).
     data = spec.to_dict()
     data.pop("source")
@@ -436,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, metavar="N", help="locust worker processes (distributed mode)")
     sp.add_argument("--master-host", metavar="HOST", help="bind the locust master here; remote workers connect to it")
     sp.add_argument("--slo", action="append", metavar="ttft_ms=500", help="SLO for goodput (repeatable)")
+    sp.add_argument("--tier", action="append", metavar="NAME[:RTT_MS]",
+                    help="replay through the tier gateway once per tier: a built-in network profile (device, "
+                         "metro, regional, central) or a fixed round trip (lab:50); repeatable")
     sp.add_argument("--early-stop", action="append", metavar="ttft_p99<=500",
                     help="stop a repetition once this percentile target is met or missed at the confidence "
                          "(binomial rule at 64, 128, 256, ... calls; repeatable: stops when all are decided)")

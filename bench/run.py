@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -96,12 +97,15 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
     from traces.load import load_trace
 
     model_dir = resolve_model(spec.model)
-    trace = load_trace(spec.trace.path, spec.trace.format, tokenizer_dir=model_dir,
-                       sessions=spec.trace.sessions, seed=spec.trace.seed)
+    drawn = spec.trace.sessions
+    if drawn and spec.trace.calls_per_session and str(spec.trace.path).startswith("profile:"):
+        drawn *= 4  # a synthetic trace: draw extra sessions, the long enough ones are kept
+    trace = load_trace(spec.trace.path, spec.trace.format, tokenizer_dir=model_dir, sessions=drawn,
+                       seed=spec.trace.seed)
     plans, scaled = build_workload(trace, model_dir, sessions=spec.trace.sessions, token_scale=spec.trace.token_scale,
                                    max_context=spec.trace.max_context, think_scale=spec.trace.think_scale,
                                    time_scale=spec.trace.time_scale, session_rate=spec.load.session_rate or None,
-                                   seed=spec.trace.seed)
+                                   seed=spec.trace.seed, calls_per_session=spec.trace.calls_per_session)
     rd = RunDir(out, spec)
     write_workload(plans, out / "workload.jsonl")
     rd.info["workload"] = {"sessions": len(plans), "calls": sum(len(p.calls) for p in plans),
@@ -118,7 +122,14 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
         for engine in spec.engines:
             if engine.kind != "url" and not engine.model:
                 engine.model = str(model_dir)
-        if spec.load.side_by_side and len(spec.engines) > 1:
+            dummy = "--load-format=dummy" in engine.args or any(
+                a == "--load-format" and b == "dummy" for a, b in zip(engine.args, engine.args[1:]))
+            if engine.kind == "reference" and dummy and not any(a.startswith("--tokenizer") for a in engine.args):
+                # a named random-weight shape (e.g. mini-llama) speaks the run model's tokens
+                engine.args = [*engine.args, "--tokenizer", str(model_dir)]
+        if spec.tiers:
+            results = run_tiers(spec, plans, out, rd, progress, log)
+        elif spec.load.side_by_side and len(spec.engines) > 1:
             results = _side_by_side(spec, plans, out, rd, progress, log)
         else:
             results = [run_engine(spec, engine, plans, out, rd, progress, log) for engine in spec.engines]
@@ -238,7 +249,91 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
     return {"died": info.get("died", False), "errors": errors}
 
 
-def run_load(spec: RunSpec, plans, server: Server, out: Path, engine: str, tier: str, bar, died) -> dict:
+@dataclass
+class Endpoint:
+    """What a load generator targets: a started server, or the tier gateway in front of several."""
+    base_url: str
+    model_name: str
+    api_key: str | None = None
+
+
+def run_tiers(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) -> list[dict]:
+    """Latency tiers: start every engine a tier names, then replay the workload once per scenario
+    through a tier gateway (its own process) whose routing policy picks each call's tier and which
+    injects that tier's round trip. Records are labelled engine = scenario, tier = the routed tier;
+    prefix caches are reset between scenarios so each starts cold."""
+    from bench.gateway import GatewayProcess, gateway_config
+    from bench.tiers import Tier
+
+    by_name = {e.name: e for e in spec.engines}
+    servers: dict[str, Server] = {}
+    results = []
+    try:
+        for name in dict.fromkeys(t["engine"] for t in spec.tiers):
+            server = Server(by_name[name], out)
+            log(f"[{name}] starting server ..." if server.spec.kind != "url" else f"[{name}] using {server.spec.url}")
+            t0 = time.monotonic()
+            server.start()
+            servers[name] = server
+            rd.info["engines"][name] = {"kind": server.spec.kind, "base_url": server.base_url, "model": server.model_name,
+                                        "startup_s": round(time.monotonic() - t0, 1),
+                                        "log": server.log_path.name if server.spec.kind != "url" else None,
+                                        "repetitions": []}
+        tiers = [Tier.from_dict({**{k: v for k, v in t.items() if k != "engine"}, "url": servers[t["engine"]].base_url,
+                                 "model": servers[t["engine"]].model_name}) for t in spec.tiers]
+        rd.info["tiers"] = [{**tier.to_dict(), "engine": t["engine"]} for tier, t in zip(tiers, spec.tiers)]
+        rd.save()
+        total_calls = sum(len(p.calls) for p in plans)
+        for sc in spec.tier_scenarios():
+            name = sc["name"]
+            for server in servers.values():
+                server.reset_prefix_cache()
+            before = {n: s.counters() for n, s in servers.items()}
+            log(f"[{name}] routing {json.dumps(sc['routing'])}")
+            gw = GatewayProcess(gateway_config(tiers, sc["routing"], spec.trace.seed), out, name=f"gateway-{name}")
+            died, halt = threading.Event(), threading.Event()
+            stop = threading.Event()
+
+            def watch():
+                while not stop.wait(0.5):
+                    if not gw.alive() or not all(s.alive() for s in servers.values()):
+                        died.set()
+                        return
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            bar = _progress(total_calls, name, progress)
+            with gw:
+                watcher.start()
+                es = EarlyStopWatch(spec.load.early_stop_rules(), out, name, "", died, halt).start()
+                t_rep = time.monotonic()
+                try:
+                    endpoint = Endpoint(gw.base_url, next(iter(servers.values())).model_name)
+                    result = run_load(spec, plans, endpoint, out, name, "", bar, halt)
+                finally:
+                    stop.set()
+                    es.stop()
+                    bar.close()
+            result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": "", "gateway_log": gw.log_path.name,
+                           "engine_counters": {n: counter_delta(before[n], s.counters()) for n, s in servers.items()}})
+            if es.report():
+                result["early_stop"] = es.report()
+            info = rd.info["engines"].setdefault(name, {"kind": "scenario", "routing": sc["routing"], "repetitions": []})
+            info["repetitions"].append(result)
+            if died.is_set():
+                info["died"] = True
+                log(f"[{name}] a server or the gateway died mid-run; see {gw.log_path} and the server logs")
+            rd.save()
+            results.append({"died": died.is_set(), "errors": int(result.get("errors", 0))})
+            if died.is_set():
+                break
+    finally:
+        for server in servers.values():
+            server.stop()
+        rd.save()
+    return results
+
+
+def run_load(spec: RunSpec, plans, server: Server | Endpoint, out: Path, engine: str, tier: str, bar, died) -> dict:
     """One repetition against one server: the open-loop scheduler in this process, or locust
     (closed loop) in its own processes, each writing records as calls complete."""
     load = spec.load
@@ -300,7 +395,9 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
         df.to_parquet(out / "requests.parquet", index=False)
         for f in out.glob("requests.*.jsonl"):
             f.unlink()
-        st = sessions_table(df)
+        tiered = bool(rd.info.get("tiers"))
+        # through tiers a session's calls go to several tiers: its makespan spans them all
+        st = sessions_table(df.assign(tier="") if tiered else df)
         st.to_parquet(out / "sessions.parquet", index=False)
         ideal = rd.info.get("workload", {}).get("ideal_prefix_hit")
         summary = summarize_run(df, slos={k.removesuffix("_ms"): v for k, v in spec.slos.items()} or None,
@@ -311,6 +408,13 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
             s.update(makespan_summary(sub))
             reps = rd.info["engines"].get(eng, {}).get("repetitions", [])
             s["engine_counters"] = next((r.get("engine_counters") for r in reps if r.get("tier", "") == tier), None)
+        if tiered:
+            _tier_summaries(df, st, summary, rd, spec, ideal)
+            try:
+                from bench.tier_study import write_claims
+                write_claims(out, df, st, rd.info)
+            except Exception as e:  # noqa: BLE001 - a view of the results: a failure loses nothing
+                log(f"claims.json not written ({type(e).__name__}: {e})")
         rd.info["summary"] = summary
     rd.save()
     if len(df):
@@ -319,3 +423,32 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
             write_report([out], out / "report.html")
         except Exception as e:  # noqa: BLE001
             log(f"report.html not written ({type(e).__name__}: {e}); `tierbench report {out}` retries")
+
+
+def _tier_summaries(df, st, summary: dict, rd: RunDir, spec: RunSpec, ideal) -> None:
+    """A run through tiers: per scenario (all its tiers together) the summary with its session
+    makespans, the share of calls per tier, and the cost of every call at its tier's price."""
+    from analysis.metrics import summarize
+    from analysis.sessions import makespan_summary
+    from bench.pricing import PriceTable, cost_of_requests
+
+    prices = PriceTable.from_spec(spec.prices)
+    for t in rd.info.get("tiers", []):
+        if t.get("price_per_m_prompt") or t.get("price_per_m_output"):
+            prices.set(t["name"], (t.get("price_per_m_prompt", 0.0), t.get("price_per_m_output", 0.0)))
+    rd.info["prices"] = prices.to_dict()
+    slos = {k.removesuffix("_ms"): v for k, v in spec.slos.items()} or None
+    for name, rows in df.groupby(df["engine"].astype(str), sort=False):
+        s = summarize(rows, slos=slos, ideal_prefix_hit=ideal)
+        s.update(makespan_summary(st[st["engine"] == name]))
+        measured = rows[~rows["warmup"].astype(bool)]
+        counts = measured["tier"].value_counts()
+        s["tier_share"] = {str(k): int(v) / len(measured) for k, v in counts.items()} if len(measured) else {}
+        cost = cost_of_requests(rows, prices)
+        s["cost_usd"] = cost["total_usd"]
+        s["cost"] = cost
+        summary[name] = {"engine": name, "tier": "", **s}
+        for key, g in summary.items():
+            if key.startswith(f"{name}@"):
+                tier_rows = rows[rows["tier"].astype(str) == g["tier"]]
+                g["cost_usd"] = cost_of_requests(tier_rows, prices)["total_usd"]

@@ -11,6 +11,7 @@
     max_context = 2048
     think_scale = 0.1
     time_scale = 1.0
+    calls_per_session = 30         # optional: sessions with >= 30 calls, cut to their first 30
 
     [load]
     mode = "closed"                # closed (locust sessions) | open (calls at their times)
@@ -32,6 +33,20 @@
 
     [slos]
     ttft_ms = 1000
+
+    # Latency tiers (optional): a network profile in front of an engine; the run then replays the
+    # workload once per scenario through the tier gateway (bench/gateway.py), whose routing policy
+    # (bench/routing.py) picks each call's tier. Without [[scenarios]]: one per tier, every call there.
+    [[tiers]]
+    name = "edge"
+    engine = "reference"           # one of the [[engines]] names
+    profile = "metro"              # device | metro | regional | central | NAME:RTT_MS; or rtt_ms = 50
+    [[scenarios]]
+    name = "hybrid-oracle"
+    routing = { policy = "oracle", simple = "edge", complex = "central" }
+    [prices.edge]                  # USD per million tokens (bench/pricing.py has defaults)
+    prompt = 0.1
+    output = 0.4
 """
 from __future__ import annotations
 
@@ -54,6 +69,7 @@ class TraceSpec:
     max_context: int | None = None
     think_scale: float = 1.0
     time_scale: float = 1.0
+    calls_per_session: int | None = None  # keep sessions with at least N calls, cut to their first N
 
 
 @dataclass
@@ -87,16 +103,29 @@ class RunSpec:
     load: LoadSpec = field(default_factory=LoadSpec)
     engines: list[EngineSpec] = field(default_factory=lambda: [EngineSpec("reference")])
     slos: dict[str, float] = field(default_factory=dict)
+    # latency tiers: each a network profile in front of one of the engines (bench/tiers.py keys,
+    # plus `engine`); scenarios replay the workload through the tier gateway, each with its
+    # routing policy (bench/routing.py); prices per tier (bench/pricing.py)
+    tiers: list[dict] = field(default_factory=list)
+    scenarios: list[dict] = field(default_factory=list)
+    prices: dict = field(default_factory=dict)
     source: str = ""  # the spec file, if any
+
+    def tier_scenarios(self) -> list[dict]:
+        """The scenarios to run: as given, or one per tier (every call to that tier)."""
+        if self.scenarios:
+            return self.scenarios
+        return [{"name": t["name"], "routing": {"policy": "fixed", "tier": t["name"]}} for t in self.tiers]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-_INTS = {"sessions", "max_context", "users", "repetitions", "workers", "seed"}
+_INTS = {"sessions", "max_context", "users", "repetitions", "workers", "seed", "calls_per_session"}
 _CHOICES = {("load", "mode"): ("closed", "open"), ("load", "arrivals"): ("trace", "poisson", "gamma")}
 _POSITIVE = {("load", "users"), ("load", "repetitions"), ("trace", "token_scale"),
-             ("trace", "time_scale"), ("trace", "sessions"), ("trace", "max_context"), ("load", "timeout_s")}
+             ("trace", "time_scale"), ("trace", "sessions"), ("trace", "max_context"), ("load", "timeout_s"),
+             ("trace", "calls_per_session")}
 _NONNEG = {("trace", "think_scale"), ("load", "session_rate"), ("load", "rate"), ("load", "duration_s"), ("load", "warmup_s"),
            ("load", "workers"), ("load", "gamma_cv")}
 
@@ -120,7 +149,7 @@ def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> 
     def fail(msg: str, fieldname: str, key: str | None = None):
         raise TraceError(path, msg, _line_of(text, key or fieldname.split(".")[-1].split("[")[0]), fieldname)
 
-    known_top = {"name", "model", "trace", "load", "engines", "slos"}
+    known_top = {"name", "model", "trace", "load", "engines", "slos", "tiers", "scenarios", "prices"}
     for k in data:
         if k not in known_top:
             fail(f"unknown key (known: {', '.join(sorted(known_top))})", k)
@@ -175,9 +204,71 @@ def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> 
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             fail(f"expected a positive number, got {v!r}", f"slos.{k}", k)
         spec.slos[k] = float(v)
+    _tiers_from_dict(data, spec, fail)
     if spec.load.mode == "open" and spec.load.arrivals != "trace" and not spec.load.rate:
         fail("open-loop poisson/gamma arrivals need load.rate > 0", "load.rate", "rate")
     return spec
+
+
+def _tiers_from_dict(data: dict, spec: RunSpec, fail) -> None:
+    """[[tiers]], [[scenarios]] and [prices], checked with the code that will use them."""
+    from bench.pricing import PriceTable
+    from bench.routing import make_policy
+    from bench.tiers import Tier
+
+    tiers, scenarios, prices = data.get("tiers", []), data.get("scenarios", []), data.get("prices", {})
+    if not isinstance(tiers, list):
+        fail("expected an array of tables ([[tiers]])", "tiers")
+    if not isinstance(scenarios, list):
+        fail("expected an array of tables ([[scenarios]])", "scenarios")
+    if not isinstance(prices, dict):
+        fail("expected a table ([prices.TIER])", "prices")
+    if scenarios and not tiers:
+        fail("scenarios need [[tiers]]", "scenarios")
+    engine_names = [e.name for e in spec.engines]
+    checked = []
+    for i, t in enumerate(tiers):
+        where = f"tiers[{i}]"
+        if not isinstance(t, dict):
+            fail("expected a table", where)
+        eng = t.get("engine", engine_names[0] if len(engine_names) == 1 else None)
+        if eng not in engine_names:
+            fail(f"expected engine = the name of one of the [[engines]] ({', '.join(engine_names)})",
+                 f"{where}.engine", "engine")
+        body = {k: v for k, v in t.items() if k != "engine"}
+        try:
+            checked.append(Tier.from_dict({**body, "url": "http://127.0.0.1:1"}))
+        except ValueError as e:
+            fail(str(e), where, "name")
+        spec.tiers.append({**body, "engine": eng})
+    names = [t.name for t in checked]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            fail(f"duplicate tier name {n!r}", f"tiers[{i}].name", "name")
+    try:
+        table = PriceTable.from_spec(prices)
+    except ValueError as e:
+        fail(str(e), "prices")
+    spec.prices = dict(prices)
+    seen = set()
+    for i, sc in enumerate(scenarios):
+        where = f"scenarios[{i}]"
+        if not isinstance(sc, dict) or not isinstance(sc.get("name"), str) or not sc["name"]:
+            fail("expected a table with a name", f"{where}.name", "name")
+        if sc["name"] in seen:
+            fail(f"duplicate scenario name {sc['name']!r}", f"{where}.name", "name")
+        seen.add(sc["name"])
+        unknown = set(sc) - {"name", "routing"}
+        if unknown:
+            fail(f"unknown key {sorted(unknown)[0]!r} (known: name, routing)", f"{where}.{sorted(unknown)[0]}")
+        routing = sc.get("routing", {})
+        if not isinstance(routing, dict):
+            fail("expected a table", f"{where}.routing", "routing")
+        try:
+            make_policy(routing, checked, table)
+        except ValueError as e:
+            fail(str(e), f"{where}.routing", "routing")
+        spec.scenarios.append({"name": sc["name"], "routing": dict(routing)})
 
 
 def _check(section: str, key: str, value, default, fail):

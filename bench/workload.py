@@ -8,7 +8,7 @@ every engine sees exactly the same tokens (and the trace's prefix sharing) whate
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -53,13 +53,20 @@ def token_space(model_dir: str | Path) -> TokenSpace:
 
 def build_workload(trace: Trace, model_dir: str | Path, *, sessions: int | None = None, token_scale: float = 1.0,
                    max_context: int | None = None, think_scale: float = 1.0, time_scale: float = 1.0,
-                   session_rate: float | None = None, seed: int = 0) -> tuple[list[SessionPlan], Trace]:
+                   session_rate: float | None = None, seed: int = 0,
+                   calls_per_session: int | None = None) -> tuple[list[SessionPlan], Trace]:
     """Materialize the first `sessions` sessions of the trace (all when None). Session starts come
     from the trace (time-scaled) or, with `session_rate`, from a Poisson process with that rate.
     Returns the plans and the scaled trace (its meta says what scaling was done)."""
     import numpy as np
 
-    picked = trace.sessions if sessions is None else trace.sessions[:sessions]
+    pool = trace.sessions
+    if calls_per_session:
+        # sessions of exactly N calls (the article's 30-call task): long enough ones, cut at N
+        pool = [replace(s, calls=s.calls[:calls_per_session]) for s in pool if len(s.calls) >= calls_per_session]
+        if not pool:
+            raise ValueError(f"no session of the trace has {calls_per_session} calls or more")
+    picked = pool if sessions is None else pool[:sessions]
     sub = Trace(list(picked), source=trace.source, format=trace.format, block_size=trace.block_size,
                 hash_scope=trace.hash_scope, meta=dict(trace.meta))
     if token_scale != 1.0 or max_context is not None:

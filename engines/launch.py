@@ -70,6 +70,23 @@ def die_with_parent() -> None:
         pass
 
 
+def stop_group(p: subprocess.Popen | None, steps) -> None:
+    """Signal the process group of p (started with start_new_session) with each (signal, wait)
+    in turn until it exits."""
+    if p is None or p.poll() is not None:
+        return
+    for sig, wait in steps:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class ServerDied(RuntimeError):
     pass
 
@@ -187,19 +204,7 @@ class Server:
         return parse_counters(text) or None
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                p.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
 
     def log_tail(self, n: int = 20) -> str:
         try:

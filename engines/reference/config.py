@@ -103,6 +103,12 @@ NAMED_CONFIGS: dict[str, dict] = {
                          rope_theta=500000.0, rope_scaling={**_LLAMA3_ROPE, "factor": 32.0},
                          max_position_embeddings=131072, tie_word_embeddings=True,
                          eos_token_ids=[128001, 128008, 128009], bos_token_id=128000),
+    # A model 15x the tiny one's compute (8 layers of 512, ~30M parameters) with the tiny model's
+    # vocabulary, so the tiny tokenizer serves it: the "large central model" of CPU tier studies.
+    "mini-llama": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                       intermediate_size=1536, vocab_size=3072, rms_norm_eps=1e-5, rope_theta=500000.0,
+                       rope_scaling={**_LLAMA3_ROPE, "original_max_position_embeddings": 1024},
+                       max_position_embeddings=8192, eos_token_ids=[1, 4], bos_token_id=0),
     # The shape of engines/tiny_model.py's test checkpoint.
     "tiny-llama": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=384, vocab_size=3072, rms_norm_eps=1e-5, rope_theta=500000.0,
