@@ -62,6 +62,7 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
             itl_ms: float = 10.0, rounds: int = 5, relay: bool = True, command: str | None = None,
             keep_raw: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    load_before = _loadavg()
     for old in [*out.glob("*/requests.*.jsonl"), *out.glob("workload.*.jsonl"), out / "server-times.jsonl",
                 out / "gateway.calls.jsonl"]:
         old.unlink(missing_ok=True)
@@ -120,6 +121,8 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
     for f in out.glob("workload.*.jsonl"):
         f.unlink()  # regenerated from the parameters; the request records keep every call
     report = analyse(out, paths, streams, calls, tokens, ttft_ms, itl_ms, rounds, loads, cpu, command)
+    report["load_average_before"] = load_before
+    (out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     if not keep_raw:  # megabytes of per-chunk timestamps: overhead.json has what they give
         for f in [*out.glob("*/requests.*.jsonl"), out / "server-times.jsonl", out / "gateway.calls.jsonl"]:
             f.unlink(missing_ok=True)

@@ -84,6 +84,19 @@ def test_tier_from_dict():
         GatewayProcess({"tiers": [t.to_dict() for t in tiers], "routing": {"policy": "fixed", "tier": "nope"}}, "/tmp")
 
 
+def test_built_in_fixed_policy_without_bench_routing(monkeypatch):
+    import bench.gateway as gateway
+    monkeypatch.setattr(gateway, "make_policy", None)
+    monkeypatch.setattr(gateway, "call_info_from_request", None)
+    tiers = [Tier.from_dict({"name": n, "url": "http://h:1", "rtt_ms": 1}) for n in ("a", "b")]
+    assert tuple(build_policy({"policy": "fixed", "tier": "b"}, tiers).choose(call_info({}, {}))) == ("b", "fixed")
+    assert build_policy({}, tiers).choose(call_info({}, {}))[0] == "a"
+    with pytest.raises(ValueError, match="needs bench.routing"):
+        build_policy({"policy": "keyword"}, tiers)
+    with pytest.raises(ValueError, match="unknown tier"):
+        build_policy({"policy": "fixed", "tier": "c"}, tiers)
+
+
 def test_links_keep_order_and_add_bandwidth():
     net = NetworkProfile("j", rtt_ms=20, jitter_ms=5, bandwidth_mbps=8)
     link = Link(0.010, net, random.Random(1))
