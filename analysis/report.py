@@ -157,7 +157,10 @@ def collect_groups(runs: list[Run]) -> list[Group]:
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
     out = []
     for run, name in zip(runs, names):
-        for key in run.groups():
+        keys = run.groups()
+        if run.tiered:  # each scenario, then its calls per tier
+            keys = [k for sc in keys for k in [sc, *(g for g in run.summary if g.startswith(f"{sc}@"))]]
+        for key in keys:
             summary = run.summary.get(key, {})
             engine = str(summary.get("engine") or key.split("@", 1)[0])
             label = key if len(runs) == 1 else f"{name} / {key}"

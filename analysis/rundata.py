@@ -32,19 +32,30 @@ class Run:
     def has_rows(self) -> bool:
         return self.requests is not None and len(self.requests) > 0
 
+    @property
+    def tiered(self) -> bool:
+        """A run through latency tiers: its groups are scenarios, whose calls span tiers."""
+        return bool(self.info.get("tiers"))
+
     def group_rows(self, key: str) -> pd.DataFrame:
-        """The measured rows of one group ('engine' or 'engine@tier')."""
+        """The measured rows of one group ('engine' or 'engine@tier'; a scenario of a tiered run)."""
         if not self.has_rows:
             raise ValueError(f"{self.path}: no per-request rows (a summary-only file)")
         df = measured_rows(self.requests)
+        if self.tiered and "@" not in key:
+            return df[df["engine"].astype(str) == key]
         keys = [group_key(e, t) for e, t in zip(df["engine"], df["tier"])]
         return df[[k == key for k in keys]]
 
     def groups(self) -> list[str]:
+        """Group keys in first-seen order: engine or engine@tier; for a run through tiers its
+        scenarios (the same calls routed differently, so they compare call by call)."""
         if self.has_rows:
             df = measured_rows(self.requests)
+            if self.tiered:
+                return list(dict.fromkeys(df["engine"].astype(str)))
             return list(dict.fromkeys(group_key(e, t) for e, t in zip(df["engine"], df["tier"])))
-        return list(self.summary)
+        return [k for k in self.summary if not (self.tiered and "@" in k)]
 
 
 def load_run(path: str | Path) -> Run:

@@ -452,3 +452,6 @@ def _tier_summaries(df, st, summary: dict, rd: RunDir, spec: RunSpec, ideal) -> 
             if key.startswith(f"{name}@"):
                 tier_rows = rows[rows["tier"].astype(str) == g["tier"]]
                 g["cost_usd"] = cost_of_requests(tier_rows, prices)["total_usd"]
+                # a session spans its scenario's tiers: makespans belong to the scenario
+                g.update({k: None for k in g if k == "sessions" or k.startswith("makespan_")
+                          or k.endswith(("_mean_s", "_share")) and k.split("_")[0] in ("network", "queue", "decode", "tool")})

@@ -96,6 +96,14 @@ def test_fixed_rtt_raises_ttft_by_d_and_the_makespan_decomposes(instant_url, tin
     lab_claim = by_id["tier-latency"]["measured"]["lab"]
     assert lab_claim["rtt_p50_ms"] == pytest.approx(50.0) and lab_claim["calls"] == (df["engine"] == "lab").sum()
     assert claims["scenarios"]["lab"]["network_per_session_s"] == pytest.approx(lab["network_s"].mean())
+    # scenarios are the groups: the same calls routed differently, compared call by call
+    from analysis.compare import compare_metric
+    from analysis.rundata import load_run
+    run = load_run(out)
+    assert run.groups() == ["zero", "lab"]
+    row = compare_metric(run, "zero", run, "lab", "ttft_p50")
+    assert row.paired and row.n_pairs == (df["engine"] == "lab").sum()
+    assert row.candidate - row.baseline == pytest.approx(50.0, abs=2.0)
     html = (out / "report.html").read_text()
     assert 'id="claims"' in html and "does not hold as stated" in html
 
