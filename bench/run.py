@@ -74,8 +74,12 @@ class RunDir:
     def __init__(self, out: Path, spec: RunSpec):
         self.path = out
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("requests*.jsonl"):  # a rerun into the same directory starts clean
-            old.unlink()
+        # a rerun into the same directory starts clean: no record or result of the last run survives
+        stale = [*out.glob("requests*.jsonl"), *out.glob("gateway-*"), *(out / n for n in (
+            "requests.parquet", "sessions.parquet", "report.html", "claims.json", "run.json"))]
+        for old in stale:
+            if old.is_file():
+                old.unlink()
         self._lock = threading.Lock()
         self.info = {"name": spec.name, "status": "running", "spec": spec.to_dict(), "git_commit": git_commit(),
                      "environment": environment(), "start": _now(), "end": None, "engines": {}, "summary": {}}

@@ -180,3 +180,18 @@ name = "b"
     assert set(a.request_id) == set(b.request_id)
     # Overlapping in time: each engine's first send comes before the other's last token.
     assert a.sent.min() < b.last_token.max() and b.sent.min() < a.last_token.max()
+
+
+def test_rerun_into_the_same_directory_keeps_nothing_of_the_last(tiny_model_dir, model_env, tmp_path):
+    """A second run into a run directory replaces the first: no request, table or report of the
+    first run is read back as the second's."""
+    out = tmp_path / "run"
+    common = ["--trace", "profile:demo", "--model", str(tiny_model_dir), "--engine", "reference", "--think-scale", "0",
+              "--users", "2", "--out", str(out), "--quiet"]
+    for sessions in ("3", "2"):
+        r = run_cli([*common, "--sessions", sessions], model_env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    df = pd.read_parquet(out / "requests.parquet")
+    assert df["session"].nunique() == 2 and len(df) == info["workload"]["calls"]
+    assert info["summary"]["reference"]["completed"] == len(df)
