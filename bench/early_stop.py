@@ -38,8 +38,10 @@ def _values_ms(row: dict, metric: str) -> list[float]:
 class EarlyStopWatch:
     """Sets `halt` when every rule is decided, or when `died` is set (the server is gone)."""
 
-    def __init__(self, rules: list[EarlyStopRule], run_dir: Path, engine: str, tier: str,
+    def __init__(self, rules: list[EarlyStopRule], run_dir: Path, engine: str, tier: str | None,
                  died: threading.Event, halt: threading.Event):
+        """tier: the repetition's label its rows carry; None for every row of the engine (a
+        scenario through tiers, whose rows carry the tier each call was routed to)."""
         self.rules, self.run_dir, self.engine, self.tier = rules, Path(run_dir), engine, tier
         self.died, self.halt = died, halt
         self.values: dict[str, list[float]] = {r.metric: [] for r in rules}
@@ -85,7 +87,7 @@ class EarlyStopWatch:
                     row = orjson.loads(line)
                 except orjson.JSONDecodeError:
                     continue
-                if str(row.get("tier") or "") != self.tier:
+                if self.tier is not None and str(row.get("tier") or "") != self.tier:
                     continue
                 for metric, vals in self.values.items():
                     vals.extend(_values_ms(row, metric))

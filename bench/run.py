@@ -310,7 +310,7 @@ def run_tiers(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) 
             bar = _progress(total_calls, name, progress)
             with gw:
                 watcher.start()
-                es = EarlyStopWatch(spec.load.early_stop_rules(), out, name, "", died, halt).start()
+                es = EarlyStopWatch(spec.load.early_stop_rules(), out, name, None, died, halt).start()
                 t_rep = time.monotonic()
                 try:
                     endpoint = Endpoint(gw.base_url, next(iter(servers.values())).model_name)

@@ -73,3 +73,14 @@ def test_run_stops_early_once_the_target_is_decided(tmp_path, tiny_model_dir):
     assert rep["early_stop"]["stopped_early"] and rep["early_stop"]["rules"][0]["decision"] == "met"
     assert 64 <= rep["calls"] < info["workload"]["calls"]
     assert "stopped early" in r.stderr
+
+
+def test_watch_of_a_tiered_scenario_reads_every_tier(tmp_path):
+    """Through tiers a scenario's rows carry the tier each call was routed to: tier=None reads them all."""
+    path = records_path(tmp_path, 7, "hybrid")
+    path.write_bytes(b"".join(_row(i, 0.01, tier="edge" if i % 3 else "central") for i in range(64)))
+    died, halt = threading.Event(), threading.Event()
+    w = EarlyStopWatch([EarlyStopRule.parse("ttft_p50<=100")], tmp_path, "hybrid", None, died, halt)
+    w._offsets.clear()  # the rows above stand for this scenario's own
+    w.poll()
+    assert w.report()["rules"][0]["decision"] == "met" and w.report()["rules"][0]["calls"] == 64
