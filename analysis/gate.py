@@ -83,7 +83,7 @@ def decide(row: CompareRow, metric: str, max_regression: float, confidence: floa
     """(kind, limit, bound, passed, reason) for one compared metric."""
     if metric in EXACT:
         ok = row.baseline == row.candidate
-        return "exact", None, None, ok, ("equal" if ok else f"changed: {row.baseline:g} -> {row.candidate:g}")
+        return "exact", None, None, ok, ("equal" if ok else f"changed: {_f(row.baseline)} -> {_f(row.candidate)}")
     higher = metric in HIGHER_IS_BETTER
     limit = 1 - max_regression if higher else 1 + max_regression
     r = row.ratio
@@ -182,4 +182,6 @@ def write_outputs(verdicts: list[Verdict], baseline: Run, candidate: Run, max_re
 def _f(v, digits: int = 2) -> str:
     if v is None:
         return "-"
-    return f"{v:.{digits}f}" if isinstance(v, float) and not float(v).is_integer() or digits == 3 else f"{v:g}"
+    if digits == 3 or not float(v).is_integer():
+        return f"{v:.{digits}f}"
+    return str(int(v))  # counters: every digit (no 1e+06)
