@@ -63,6 +63,42 @@ def read_new_rows(path: Path, offsets: dict[Path, int]) -> bytes:
     return data[:end]
 
 
+def record_unsent(run_dir: Path, plans, engine: str, tier: str, reason: str, *, warmup_s: float = 0.0,
+                  duration_s: float | None = None) -> int:
+    """After the server died: a failed row (sent = null, error = `reason`) for every planned call
+    with no record of `engine` (and `tier`, when given), so the table says which calls never ran
+    instead of leaving them out. With a duration limit, only sessions the schedule would have
+    started (start_s < duration_s). Returns how many rows it wrote."""
+    seen: set[tuple[str, int]] = set()
+    for path in Path(run_dir).glob("requests.*.jsonl"):
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    continue
+                row = orjson.loads(line)
+                if row.get("engine") == engine and (not tier or row.get("tier") == tier):
+                    seen.add((row.get("session"), row.get("call_index")))
+    rows = []
+    for plan in plans:
+        if duration_s is not None and plan.start_s >= duration_s:
+            continue
+        for call in plan.calls:
+            if (plan.id, call.index) in seen:
+                continue
+            rec = Record(request_id=f"{plan.id}#{call.index}", session=plan.id, call_index=call.index,
+                         expected_prompt_tokens=len(call.prompt_ids), expected_output_tokens=call.max_tokens,
+                         status="error", error=reason, warmup=plan.start_s < warmup_s)
+            row = record_row(rec, engine, tier)
+            row["sent"] = None  # never sent: no time to give
+            rows.append(orjson.dumps(row) + b"\n")
+    if rows:
+        # a file of its own: a fragment cut off mid-line by the crash must not swallow these rows
+        path = Path(run_dir) / f"requests.unsent.{re.sub(r'[^A-Za-z0-9_.-]', '_', engine)}.jsonl"
+        with open(path, "ab") as f:
+            f.write(b"".join(rows))
+    return len(rows)
+
+
 class Recorder:
     """Appends rows to records_path(dir, pid, engine), flushed per row. Thread-safe."""
 

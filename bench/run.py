@@ -230,6 +230,9 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
             finally:
                 watch.stop()
                 bar.close()
+            if died.is_set():
+                result["not_sent"] = _record_unsent(spec, plans, out, engine.name, tier,
+                                                    f"not sent: the {engine.name} server died mid-run")
             if watch.report():
                 result["early_stop"] = watch.report()
                 if result["early_stop"]["stopped_early"]:
@@ -321,6 +324,9 @@ def run_tiers(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) 
                     bar.close()
             result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": "", "gateway_log": gw.log_path.name,
                            "engine_counters": {n: counter_delta(before[n], s.counters()) for n, s in servers.items()}})
+            if died.is_set():
+                result["not_sent"] = _record_unsent(spec, plans, out, name, "",
+                                                    "not sent: a server or the tier gateway died mid-run")
             if es.report():
                 result["early_stop"] = es.report()
             info = rd.info["engines"].setdefault(name, {"kind": "scenario", "routing": sc["routing"], "repetitions": []})
@@ -375,6 +381,12 @@ def run_load(spec: RunSpec, plans, server: Server | Endpoint, out: Path, engine:
                            master_host=load.master_host, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
                            api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress,
                            stop_event=died)
+
+
+def _record_unsent(spec: RunSpec, plans, out: Path, engine: str, tier: str, reason: str) -> int:
+    from bench.recorder import record_unsent
+    return record_unsent(out, plans, engine, tier, reason, warmup_s=spec.load.warmup_s,
+                         duration_s=spec.load.duration_s or None)
 
 
 def _progress(total: int, desc: str, enabled: bool, position: int = 0):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.workload import read_workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,7 +102,14 @@ def test_engine_killed_mid_run(tiny_model_dir, model_env, tmp_path):
     req = pd.read_parquet(out / "requests.parquet")
     ok, failed = req[req["status"] == "ok"], req[req["status"] == "error"]
     assert len(ok) >= 3 and len(failed) >= 1
-    assert failed["error"].str.contains("disconnected|refused|HTTP", regex=True).all()
+    # in flight when it died: a connection error; after it (the kill may land while every user
+    # thinks): never sent, with the reason and no send time
+    assert failed["error"].str.contains("disconnected|refused|HTTP|not sent: the reference server died",
+                                        regex=True).all()
+    unsent = failed[failed["error"].str.startswith("not sent")]
+    assert unsent["sent"].isna().all()
+    planned = sum(len(s.calls) for s in read_workload(out / "workload.jsonl"))
+    assert len(req) == planned, "every planned call has a row: done, failed in flight, or never sent"
     assert "died" in stderr
 
 
