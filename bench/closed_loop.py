@@ -42,8 +42,8 @@ STARTUP_GRACE_S = 120.0  # locust start and workers connecting (the --run-time c
 class _Progress:
     """Counts rows (and error rows) appended to some requests.<pid>.<engine>.jsonl files, incrementally."""
 
-    def __init__(self, run_dir: Path, engine: str):
-        self.run_dir, self.engine = run_dir, engine
+    def __init__(self, run_dir: Path, engine: str, on_row: Callable[[dict], None] | None = None):
+        self.run_dir, self.engine, self.on_row = run_dir, engine, on_row
         self.pids: set[int] = set()
         self.offsets: dict[Path, int] = {}
         self.rows = self.errors = 0
@@ -53,6 +53,9 @@ class _Progress:
             chunk = read_new_rows(records_path(self.run_dir, pid, self.engine), self.offsets)
             self.rows += chunk.count(b"\n")
             self.errors += chunk.count(b'"status":"error"')
+            if self.on_row is not None:
+                for line in chunk.splitlines():
+                    self.on_row(orjson.loads(line))
         return self.rows, self.errors
 
 
@@ -90,6 +93,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
                     workers: int = 0, master_host: str | None = None, duration_s: float | None = None,
                     warmup_s: float = 0.0, api_key: str | None = None, tier: str = "", timeout_s: float = 600,
                     on_progress: Callable[[int, int], None] | None = None,
+                    on_row: Callable[[dict], None] | None = None,
                     stop_event: threading.Event | None = None) -> dict:
     """Play the sessions of the workload file (bench.workload.write_workload) with `users`
     concurrent locust users until every session is done or duration_s passed (rounded up to whole
@@ -98,7 +102,8 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     workers=N>0: locust's distributed mode with N local worker processes; with master_host set,
     only the master starts, bound to master_host, and the command a remote worker runs is printed
     (and returned as worker_command); such workers write their records on their own machines.
-    on_progress(done_calls, errors) is called about every 0.5 s from this thread. Setting
+    on_progress(done_calls, errors) is called about every 0.5 s from this thread, after on_row(row)
+    for each row recorded since the last call. Setting
     stop_event ends the run at once (locust is stopped; calls in flight are lost, finished ones kept).
 
     Returns {sessions, sessions_done, calls, errors, exit_code, worker_exit_codes, elapsed_s,
@@ -146,7 +151,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
                    "--expect-workers", str(workers)]
         if not master_host:
             master += ["--expect-workers-max-wait", str(int(STARTUP_GRACE_S))]
-    progress = _Progress(run_dir, engine)
+    progress = _Progress(run_dir, engine, on_row)
     procs: list[subprocess.Popen] = []
     logs = []
     t_start = time.monotonic()

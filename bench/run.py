@@ -348,17 +348,24 @@ def run_tiers(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) 
 def run_load(spec: RunSpec, plans, server: Server | Endpoint, out: Path, engine: str, tier: str, bar, died) -> dict:
     """One repetition against one server: the open-loop scheduler in this process, or locust
     (closed loop) in its own processes, each writing records as calls complete."""
+    from bench.progress import LiveStats
+
     load = spec.load
+    stats = LiveStats.from_plans(plans)
     if load.mode == "open":
         from bench.open_loop import run_open_loop
         from bench.recorder import Recorder
 
         recorder = Recorder(out, engine, tier)
+        shown = [0.0]
 
         def on_record(rec):
+            stats.add(rec.session, rec.status == "ok",
+                      (rec.output_tokens or len(rec.chunk_times)) if rec.status == "ok" else 0)
+            if time.monotonic() - shown[0] > 0.5:  # worker threads call this per call: recompute at most 2x/s
+                shown[0] = time.monotonic()
+                bar.set_postfix_str(stats.postfix(), refresh=False)
             bar.update(1)
-            if rec.status != "ok":
-                bar.set_postfix_str(f"errors {recorder.errors + 1}")
 
         try:
             return run_open_loop(plans, server.base_url, server.model_name, recorder, api_key=server.api_key,
@@ -372,15 +379,15 @@ def run_load(spec: RunSpec, plans, server: Server | Endpoint, out: Path, engine:
     done = [0]
 
     def on_progress(calls: int, errors: int):
+        bar.set_postfix_str(stats.postfix(), refresh=False)  # drawn by the update: one frame, consistent
         bar.update(calls - done[0])
         done[0] = calls
-        bar.set_postfix_str(f"errors {errors}" if errors else "")
 
     wl = out / "workload.jsonl"
     return run_closed_loop(wl, server.base_url, server.model_name, out, engine, users=load.users, workers=load.workers,
                            master_host=load.master_host, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
                            api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress,
-                           stop_event=died)
+                           on_row=stats.add_row, stop_event=died)
 
 
 def _record_unsent(spec: RunSpec, plans, out: Path, engine: str, tier: str, reason: str) -> int:

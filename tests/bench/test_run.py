@@ -203,3 +203,34 @@ def test_rerun_into_the_same_directory_keeps_nothing_of_the_last(tiny_model_dir,
     df = pd.read_parquet(out / "requests.parquet")
     assert df["session"].nunique() == 2 and len(df) == info["workload"]["calls"]
     assert info["summary"]["reference"]["completed"] == len(df)
+
+
+def test_progress_bar_on_a_terminal(tiny_model_dir, model_env, tmp_path):
+    """On a terminal (a real pty here) the bar shows calls, sessions finished out of planned, and live tok/s."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # tqdm sizes itself to it
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", "3",
+                             "--model", str(tiny_model_dir), "--users", "3", "--think-scale", "0.1", "--out",
+                             str(tmp_path / "bar")], env=model_env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=slave,
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    assert proc.wait(240) == 0, seen[-2000:]
+    frames = [f.decode(errors="replace") for f in seen.replace(b"\r", b"\n").split(b"\n") if b" calls" in f]
+    assert frames, seen[-2000:]
+    assert any("sessions 3/3" in f for f in frames) and all("sessions " in f for f in frames[1:]), frames[-3:]
+    assert any(" tok/s" in f for f in frames)
