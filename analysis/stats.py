@@ -289,16 +289,10 @@ class EarlyStopRule:
     def alpha(self) -> float:
         return (1 - self.confidence) / self.max_looks
 
-    def look_at(self, n: int) -> bool:
-        """Whether n measured calls is one of the looks."""
-        m = self.min_samples
-        looks = 0
-        while m <= n and looks < self.max_looks:
-            if m == n:
-                return True
-            m *= 2
-            looks += 1
-        return False
+    @property
+    def looks(self) -> tuple[int, ...]:
+        """The numbers of measured calls at which the rule is looked at, in order."""
+        return tuple(self.min_samples * 2 ** k for k in range(self.max_looks))
 
     def decide(self, values_ms) -> str | None:
         """'met', 'missed' or None (undecided) from the metric's values so far (ms)."""

@@ -47,7 +47,7 @@ class EarlyStopWatch:
         self.values: dict[str, list[float]] = {r.metric: [] for r in rules}
         self.decisions: dict[int, dict] = {}
         self._offsets: dict[Path, int] = {}
-        self._next_look = {i: r.min_samples for i, r in enumerate(rules)}
+        self._looked = {i: 0 for i in range(len(rules))}  # looks taken per rule
         self._done = threading.Event()
         # records before this repetition belong to earlier ones: start reading at today's ends
         for p in self._files():
@@ -95,11 +95,12 @@ class EarlyStopWatch:
             if i in self.decisions:
                 continue
             vals = self.values[rule.metric]
-            while len(vals) >= self._next_look[i]:
-                n = self._next_look[i]
-                self._next_look[i] = n * 2
+            looks = rule.looks
+            while self._looked[i] < len(looks) and len(vals) >= looks[self._looked[i]]:
+                n = looks[self._looked[i]]
+                self._looked[i] += 1
                 decision = rule.decide(vals[:n])
-                if decision or self._next_look[i] > rule.min_samples * 2 ** (rule.max_looks - 1):
+                if decision or self._looked[i] == len(looks):
                     k = sum(v > rule.bound_ms for v in vals[:n])
                     self.decisions[i] = {"rule": f"{rule.metric}_p{rule.percentile:g}<={rule.bound_ms:g}",
                                          "decision": decision or "undecided after the last look", "calls": n,

@@ -67,8 +67,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +75,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from bench.tiers import Tier, rng_for
-from engines.launch import die_with_parent, free_port, stop_group
+from engines.launch import die_with_parent, free_port, stop_group, wait_http_ok
 
 try:  # the other half of the interface: routing policies
     from bench import routing as _routing
@@ -246,6 +244,15 @@ async def read_chunked_body(reader: asyncio.StreamReader, limit: int) -> bytes:
         await reader.readexactly(2)
 
 
+def _no_delay(sock) -> None:
+    """Streams are many small writes: send each at once instead of waiting to coalesce (Nagle)."""
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to an upstream. Reads like an asyncio.StreamReader (readuntil,
     readexactly, read) for response heads and whole bodies; in streaming mode (`sink` set) every
@@ -260,12 +267,7 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        _no_delay(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
@@ -638,12 +640,7 @@ class Gateway:
 
     # -- connection loop -----------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except (OSError, AttributeError):
-                pass
+        _no_delay(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -1126,23 +1123,9 @@ class GatewayProcess:
         return self
 
     def wait_healthy(self, timeout_s: float, upstreams: bool = True) -> None:
-        deadline = time.monotonic() + timeout_s
-        path = "/health" if upstreams else "/tiers"
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the tier gateway exited with status {self.proc.returncode} during start-up; "
-                                   f"see {self.log_path}: {self.log_tail(3)}")
-            try:
-                with urllib.request.urlopen(self.base_url + path, timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {e.read(500).decode('utf-8', 'replace')}"
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                last = str(e)
-            time.sleep(0.1)
-        raise TimeoutError(f"the tier gateway is not healthy after {timeout_s:.0f} s ({last}); see {self.log_path}")
+        # /health asks every upstream too; /tiers answers as soon as the gateway itself listens
+        wait_http_ok(self.base_url + ("/health" if upstreams else "/tiers"), timeout_s, self.proc, "the tier gateway",
+                     self.log_path, self.log_tail, poll_s=0.1)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

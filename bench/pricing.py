@@ -116,17 +116,17 @@ class PriceTable:
             raise ValueError(f"prices: expected a table of tiers, got {table!r}")
         return cls(table, defaults=defaults)
 
-    @classmethod
-    def from_tiers(cls, tiers: Iterable[Any], *, defaults: bool = True) -> "PriceTable":
-        """The prices tier objects carry (bench/tiers.py Tier: price_per_m_prompt,
-        price_per_m_output) over the defaults; a tier with both at 0 keeps its default, since 0 is
-        also what a tier table without prices gets."""
-        table = cls(defaults=defaults)
+    def add_tier_prices(self, tiers: Iterable[Any]) -> "PriceTable":
+        """Overlay the prices tiers carry (bench/tiers.py Tier objects or their dicts:
+        price_per_m_prompt, price_per_m_output). A tier with both at 0 keeps what the table has,
+        since 0 is also what a tier without prices gets; a tier the table lacks stays unpriced
+        rather than priced at a guessed 0. Returns self."""
         for t in tiers:
-            p, o = getattr(t, "price_per_m_prompt", 0.0) or 0.0, getattr(t, "price_per_m_output", 0.0) or 0.0
-            if p or o or t.name not in table.prices:
-                table.set(t.name, Price(float(p), float(o)))
-        return table
+            get = t.get if isinstance(t, Mapping) else (lambda k, d=None, t=t: getattr(t, k, d))
+            p, o = get("price_per_m_prompt", 0.0) or 0.0, get("price_per_m_output", 0.0) or 0.0
+            if p or o:
+                self.set(get("name"), Price(float(p), float(o)))
+        return self
 
     def __contains__(self, tier: str) -> bool:
         return tier in self.prices

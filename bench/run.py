@@ -457,10 +457,7 @@ def _tier_summaries(df, st, summary: dict, rd: RunDir, spec: RunSpec, ideal) -> 
     from analysis.sessions import makespan_summary
     from bench.pricing import PriceTable, cost_of_requests
 
-    prices = PriceTable.from_spec(spec.prices)
-    for t in rd.info.get("tiers", []):
-        if t.get("price_per_m_prompt") or t.get("price_per_m_output"):
-            prices.set(t["name"], (t.get("price_per_m_prompt", 0.0), t.get("price_per_m_output", 0.0)))
+    prices = PriceTable.from_spec(spec.prices).add_tier_prices(rd.info.get("tiers", []))
     rd.info["prices"] = prices.to_dict()
     slos = {k.removesuffix("_ms"): v for k, v in spec.slos.items()} or None
     for name, rows in df.groupby(df["engine"].astype(str), sort=False):

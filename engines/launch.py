@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None, what: str, log_path: Path,
+                 log_tail: Callable[[int], str], died: type[Exception] = RuntimeError, poll_s: float = 0.5) -> None:
+    """Poll GET `url` until it answers 200. Raises `died` if `proc` exits first, TimeoutError after
+    timeout_s; both messages name `what`, its log and why the last poll failed."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise died(f"{what} exited with status {proc.returncode} during start-up; see {log_path}: {log_tail(3)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}: {e.read(500).decode('utf-8', 'replace')}"
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} is not healthy after {timeout_s:.0f} s ({last}); see {log_path}")
 
 
 def stop_group(p: subprocess.Popen | None, steps) -> None:
@@ -146,22 +168,10 @@ class Server:
         return self
 
     def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerDied(f"{self.spec.name} server exited with status {self.proc.returncode} during start-up; "
-                                 f"see {self.log_path}: {self.log_tail(3)}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        if not self.model_name:
-                            self.model_name = self._first_model()
-                        return
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                last = str(e)
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.spec.name} server not healthy after {timeout_s:.0f} s ({last}); see {self.log_path}")
+        wait_http_ok(self.base_url + "/health", timeout_s, self.proc, f"{self.spec.name} server", self.log_path,
+                     self.log_tail, died=ServerDied)
+        if not self.model_name:
+            self.model_name = self._first_model()
 
     def _first_model(self) -> str:
         import json

@@ -102,7 +102,7 @@ def test_early_stop_rule():
     for bad in ("ttft_p99", "foo_p99<=5", "ttft_p100<=5", "ttft_p99>=5"):
         with pytest.raises(ValueError):
             EarlyStopRule.parse(bad)
-    assert r.look_at(64) and r.look_at(128) and not r.look_at(100)
+    assert r.looks[:2] == (64, 128) and 100 not in r.looks and len(r.looks) == 12
     assert r.decide(np.full(63, 1.0)) is None  # too few
     # no call over the bound: p99 <= bound is decided once 0.99**n < alpha (0.05 / 12 looks)
     assert r.decide(np.full(512, 1.0)) is None and r.decide(np.full(1024, 1.0)) == "met"
@@ -122,7 +122,7 @@ def test_early_stop_error_rate_is_held_under_repeated_looks():
     wrong = 0
     for _ in range(400):
         v = np.where(rng.random(64 * 2 ** 6) < 0.01, 200.0, 50.0)
-        for n in (64 * 2 ** k for k in range(7)):
+        for n in r.looks[:7]:
             if r.decide(v[:n]) == "met":
                 wrong += 1
                 break

@@ -237,23 +237,22 @@ def test_make_policy_rejects_bad_tables():
         make_policy({"policy": "fixed", "tier": "edge"}, [EDGE, EDGE])
 
 
+def _docstring_example() -> str:
+    """The policy example of bench/routing.py's docstring: the indented lines after 'Adding a policy'."""
+    import textwrap
+
+    import bench.routing
+    doc = bench.routing.__doc__.split("Adding a policy", 1)[1]
+    lines = doc.split("\n")
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("    "))
+    end = next((i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("    ")), len(lines))
+    return textwrap.dedent("\n".join(lines[start:end])).replace("'''", '"""')
+
+
 def test_user_policy_registered_in_policies():
-    class FirstCallCentral:
-        name = "first-call"
-
-        def __init__(self, small, large):
-            self.small, self.large = small, large
-
-        def choose(self, call):
-            if call.call_index == 0:
-                return Decision(self.large.name, "first call of the session")
-            return Decision(self.small.name, "follow-up call")
-
-        @classmethod
-        def from_spec(cls, spec):
-            return cls(spec.tier("small"), spec.tier("large"))
-
-    POLICIES["first-call"] = FirstCallCentral
+    # the docstring's own example, run as written: it registers itself in POLICIES
+    exec(compile(_docstring_example(), "bench/routing.py docstring", "exec"), {})
+    assert "first-call" in POLICIES
     try:
         p = make_policy({"policy": "first-call", "small": "edge", "large": "central"}, TIERS)
         assert isinstance(p, RoutingPolicy)
@@ -379,14 +378,16 @@ def test_price_table_from_spec_merges_and_validates():
         PriceTable().cost("central", 10, -1)
 
 
-def test_price_table_from_tiers():
+def test_price_table_with_tier_prices():
     tiers = [SimpleNamespace(name="central", price_per_m_prompt=3.0, price_per_m_output=15.0),
              SimpleNamespace(name="edge", price_per_m_prompt=0.0, price_per_m_output=0.0),
-             SimpleNamespace(name="lab", price_per_m_prompt=0.0, price_per_m_output=0.0)]
-    t = PriceTable.from_tiers(tiers)
+             {"name": "lab", "price_per_m_prompt": 0.0, "price_per_m_output": 0.0},  # run.json's tier dicts
+             {"name": "metro", "price_per_m_prompt": 0.2, "price_per_m_output": 0.8}]
+    t = PriceTable().add_tier_prices(tiers)
     assert t.price("central") == Price(3.0, 15.0)
     assert t.price("edge") == DEFAULT_PRICES["edge"]  # 0/0 keeps the default
-    assert t.price("lab") == Price(0.0, 0.0)
+    assert t.price("metro") == Price(0.2, 0.8)
+    assert "lab" not in t  # no price anywhere: unpriced, not a guessed 0
 
 
 def test_cost_of_requests():
