@@ -1,4 +1,4 @@
-"""Metric definitions over the requests table (DESIGN.md, "Metric definitions").
+"""Metric definitions over the requests table (docs/metrics.md).
 
 Every latency metric matches `vllm bench serve` (vllm/benchmarks/serve.py, calculate_metrics):
 
@@ -20,19 +20,19 @@ lag, session makespan (analysis.sessions) and prefix-cache hit ratio against the
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.records import read_records
 from analysis.sessions import makespan_summary, measured_rows, sessions_table
 
 PERCENTILES = (50, 90, 99)
 SLO_METRICS = ("ttft", "tpot", "e2el")
 
-# The requests-table columns of bench/recorder.py record_row (an empty table gets these).
+# The requests-table columns of bench/load/recorder.py record_row (an empty table gets these).
 COLUMNS = [
     "request_id", "engine", "tier", "session", "call_index", "intended_start", "sent", "first_token",
     "last_token", "itl", "chunks", "prompt_tokens", "output_tokens", "cached_tokens",
@@ -60,36 +60,10 @@ def load_requests(run_dir: str | Path) -> pd.DataFrame:
         except Exception as e:  # pyarrow raises several types for a bad file
             raise ValueError(f"{pq}: cannot read parquet: {e}") from None
     else:
-        fragments = sorted(run_dir.glob("requests.*.jsonl"))
-        if not fragments:
+        if not any(run_dir.glob("requests.*.jsonl")):
             raise ValueError(f"{run_dir}: no requests.parquet or requests.*.jsonl")
-        rows: list[dict] = []
-        for path in fragments:
-            rows.extend(_read_jsonl(path))
-        df = pd.DataFrame(rows)
+        df = pd.DataFrame(read_records(run_dir))
     return _normalize(df)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e}") from None
-    lines = data.split(b"\n")
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            if i == len(lines):  # no newline after it: a write cut short by the interruption
-                continue
-            raise ValueError(f"{path}:{i}: corrupt record: {e}") from None
-        rows.append(row)
-    return rows
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engines.process import ChildProcess, free_port, start_logged, stop_group, wait_http_ok
 
 KINDS = ("reference", "vllm", "url")
 
@@ -50,70 +50,16 @@ class EngineSpec:
         return cls(text, model=model)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def vllm_python() -> str:
     """The interpreter that has vLLM: $TIERBENCH_VLLM_PYTHON, else this one."""
     return os.environ.get("TIERBENCH_VLLM_PYTHON") or sys.executable
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: ask Linux to send SIGTERM when the parent dies, so a server never
-    outlives a run that was killed outright (SIGKILL leaves no chance to clean up)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None, what: str, log_path: Path,
-                 log_tail: Callable[[int], str], died: type[Exception] = RuntimeError, poll_s: float = 0.5) -> None:
-    """Poll GET `url` until it answers 200. Raises `died` if `proc` exits first, TimeoutError after
-    timeout_s; both messages name `what`, its log and why the last poll failed."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise died(f"{what} exited with status {proc.returncode} during start-up; see {log_path}: {log_tail(3)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except urllib.error.HTTPError as e:
-            last = f"HTTP {e.code}: {e.read(500).decode('utf-8', 'replace')}"
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            last = str(e)
-        time.sleep(poll_s)
-    raise TimeoutError(f"{what} is not healthy after {timeout_s:.0f} s ({last}); see {log_path}")
-
-
-def stop_group(p: subprocess.Popen | None, steps) -> None:
-    """Signal the process group of p (started with start_new_session) with each (signal, wait)
-    in turn until it exits."""
-    if p is None or p.poll() is not None:
-        return
-    for sig, wait in steps:
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class ServerDied(RuntimeError):
     pass
 
 
-class Server:
+class Server(ChildProcess):
     """A started server (or an external URL). Use as a context manager: it is stopped on exit,
     exceptions and Ctrl-C included."""
 
@@ -151,13 +97,8 @@ class Server:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             # vLLM answers /reset_prefix_cache only in dev mode.
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
         t0 = time.monotonic()
-        # A new session: Ctrl-C in the terminal reaches us, and we stop the whole server group.
-        self.proc = subprocess.Popen(self.command(port), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, preexec_fn=die_with_parent)
-        log.close()
+        self.proc = start_logged(self.command(port), self.log_path, env=env)
         default = 900.0 if self.spec.kind == "vllm" else 180.0
         try:
             self.wait_healthy(self.spec.startup_timeout_s or default)
@@ -216,21 +157,10 @@ class Server:
     def stop(self, timeout_s: float = 20.0) -> None:
         stop_group(self.proc, ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
 
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return " | ".join(lines[-n:])
-
-    def __enter__(self) -> "Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
-# vLLM's counter names -> tierbench's (engines/reference/server.py render_metrics)
+
+# vLLM's counter names -> tierbench's (engines/reference/metrics.py render_metrics)
 _VLLM_COUNTERS = {"vllm:num_preemptions_total": "preemptions", "vllm:prefix_cache_hits_total": "prefix_hit_tokens",
                   "vllm:prefix_cache_queries_total": "prefix_queried_tokens",
                   "vllm:prompt_tokens_total": "prompt_tokens", "vllm:generation_tokens_total": "generation_tokens"}

@@ -2,6 +2,7 @@
 and the tiny model, built once per test session."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ class RefServer:
 
     def stop(self) -> None:
         self.server.stop()
+
+
+@contextlib.contextmanager
+def serving(*servers: RefServer):
+    """Start every server (one after another: two at once starve each other on 2 cores), yield
+    them, and stop them all however the block ends."""
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()

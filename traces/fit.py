@@ -12,8 +12,9 @@ import datetime as _dt
 import numpy as np
 
 from traces.model import COMPLEXITIES, STOP_END, STOP_TOOL, Trace
+from traces.quantiles import round_sig
 from traces.profile import (DEFAULT_COMPLEXITY_MIX, KNOTS, STOP_UNKNOWN, STOPS, Context, PartialKeep, Profile,
-                            Quantiles, Subagents, _round)
+                            Quantiles, Subagents)
 from traces.stats import CallSeries, call_series
 
 FEW_VALUES = 12  # integer data with at most this many distinct values get knots at the atoms' edges
@@ -56,7 +57,7 @@ def fit_quantiles(values, log: bool = True, integer: bool | None = None) -> Quan
         q = v[j] + np.clip((p - lo[j]) / w[j], 0.0, 1.0)
     else:
         q = np.quantile(x, p)
-    q = np.maximum.accumulate([_round(float(v)) for v in q])  # rounding must not break monotonicity
+    q = np.maximum.accumulate([round_sig(float(v)) for v in q])  # rounding must not break monotonicity
     return Quantiles([float(k) for k in p], [float(v) for v in q], log=log, integer=integer)
 
 
@@ -64,7 +65,7 @@ def _shares(keys: np.ndarray) -> dict[str, float]:
     """Each stop reason's share, rounded, summing to exactly 1."""
     if keys.size == 0:
         return {k: float(k == STOP_UNKNOWN) for k in STOPS}
-    p = {k: _round(float((keys == k).mean())) for k in STOPS}
+    p = {k: round_sig(float((keys == k).mean())) for k in STOPS}
     top = max(p, key=p.get)
     p[top] = 1.0 - sum(v for k, v in p.items() if k != top)
     return p
@@ -152,8 +153,8 @@ def fit_profile(trace: Trace, name: str, *, source: str | None = None,
     labels = [c.complexity for c in trace.calls() if c.complexity in COMPLEXITIES]
     if labels:
         mix = {k: labels.count(k) / len(labels) for k in COMPLEXITIES}
-        mix = {k: _round(v) for k, v in mix.items()}
-        mix["simple"] = _round(1.0 - mix["moderate"] - mix["complex"])
+        mix = {k: round_sig(v) for k, v in mix.items()}
+        mix["simple"] = round_sig(1.0 - mix["moderate"] - mix["complex"])
     else:
         mix = dict(DEFAULT_COMPLEXITY_MIX)
         notes.append("no complexity labels in the trace: the default mix simple 0.5 / moderate 0.25 / complex 0.25 "
@@ -165,7 +166,7 @@ def fit_profile(trace: Trace, name: str, *, source: str | None = None,
     if subs:
         top_calls = sum(len(s.calls) for s in top)
         subagents = Subagents(
-            spawn_probability=_round(len(subs) / max(top_calls, 1)),
+            spawn_probability=round_sig(len(subs) / max(top_calls, 1)),
             calls_per_session=fit_quantiles([len(s.calls) for s in subs]),
             first_prompt_tokens=fit_quantiles([s.calls[0].prompt_tokens for s in subs]),
         )
@@ -179,7 +180,7 @@ def fit_profile(trace: Trace, name: str, *, source: str | None = None,
     starts = np.array([t for t in starts if t is not None], float)
     rate = None
     if starts.size >= 2 and starts.max() > starts.min():
-        rate = _round(float((starts.size - 1) / (starts.max() - starts.min())))
+        rate = round_sig(float((starts.size - 1) / (starts.max() - starts.min())))
     else:
         notes.append("no session arrival process in the trace: closed loop (give a rate at run time)")
 
@@ -239,7 +240,7 @@ def fit_context(cs: CallSeries, prev_prompt: np.ndarray, prev_key: np.ndarray, l
     limits = [fit_quantiles(smax[lb == i]) for i in range(len(limit_edges) + 1)]
     at_limit = compact & (prev_prompt >= LIMIT_NEAR * smax[cs.session])
     other = compact & ~at_limit
-    p_compact = _round(float(other.sum() / max(later.sum(), 1)))
+    p_compact = round_sig(float(other.sum() / max(later.sum(), 1)))
     if not has_prefix:  # reuse 0: every call "compacts" to nothing and the whole prompt is new
         compact, edit = later.copy(), np.zeros(n, bool)
         p_compact = 1.0
@@ -256,7 +257,7 @@ def fit_context(cs: CallSeries, prev_prompt: np.ndarray, prev_key: np.ndarray, l
         m = later & (prev_key == k)
         if m.sum() < MIN_SAMPLES:
             m = later
-        p_edit[k] = _round(float(edit[m].sum() / max(m.sum(), 1)))
+        p_edit[k] = round_sig(float(edit[m].sum() / max(m.sum(), 1)))
     partial = {}
     for kind, m in (("edit", edit), ("compact", compact)):
         partial[kind] = PartialKeep(fit_quantiles(frac[m], log=False, integer=False),
@@ -289,6 +290,6 @@ def size_bins(prev_prompts: np.ndarray) -> list[float]:
     for e in grid:
         end = int(np.searchsorted(x, e, side="left"))
         if end - start >= need and x.size - end >= need:
-            edges.append(_round(float(e), 3))
+            edges.append(round_sig(float(e), 3))
             start = end
     return edges

@@ -1,173 +1,39 @@
 """Workload profiles: the shape of an agent workload, fitted from a trace, from which synthetic
 sessions are drawn (traces/synth.py) and which traces/fit.py estimates.
 
-A profile stores distributions as shapes, never as samples: each is a monotone quantile function
-on a fixed grid of probability knots (`Quantiles`), interpolated in log space for heavy-tailed
-quantities (tokens, seconds) and linearly for fractions. So a profile is small (a few KB), says
-nothing about any one recorded session, and can be edited by hand.
-
-The context model (what makes prompt sizes and prefix reuse come out right). For call k >= 1 of a
-session, given the previous call's prompt of P tokens, one of three transitions happens:
-  - full keep (the common case: an agent appends to its history): every complete block of the
-    previous prompt is kept as the prefix, then `appended_tokens` new tokens follow (the previous
-    output plus the tool observation, or the user's next message);
-  - edit (a partial keep after which the prompt keeps about its size: the harness rewrote or
-    dropped part of the history, e.g. old reasoning on a new user turn): the kept prefix is
-    `kept_fraction` x P and the new prompt `size_ratio` x P;
-  - compact (a partial keep after which the prompt shrinks: context compaction into a summary):
-    the same two quantities from their own distributions.
-Edits depend on what just happened (their chance is per previous stop reason). Compactions
-happen when a session's context is full: each session has a context limit, drawn from the
-distribution of sessions' largest prompts among sessions of about its length (`limit_tokens`,
-one per bin of calls per session), and a call whose prompt would exceed it is compacted instead;
-`p_compact` adds compactions at any size (a user's manual /compact). The appended tokens depend
-on how full the context is (one distribution per bin of the previous prompt size): agents read
-the most files early. A per-session limit tied to session length, not a per-size chance, is
-what makes prompt sizes plateau the way real sessions do: in a trace that mixes 200k- and
-1M-token context windows, long sessions that compact near 160k and shorter ones that grow to
-800k are different sessions, and a chance per size would let every session drift past the
-plateau.
+A profile stores distributions as shapes, never as samples (traces/quantiles.py), so it is small
+(a few KB), says nothing about any one recorded session, and can be edited by hand. Its context
+model (how each call's prompt follows from the previous one: full keeps, edits, compactions) is
+in traces/context.py. This module holds the Profile itself, its JSON round trip (with the
+helpers of traces/profile_json.py) and `scale_profile`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import orjson
 
+from traces.context import Context, PartialKeep
 from traces.errors import TraceError
 from traces.model import COMPLEXITIES, STOP_END, STOP_TOOL
+from traces.profile_json import Reader, compact_json, require_sum
+from traces.quantiles import KNOTS, Quantiles, round_sig
+
+# The names other modules import from here (the quantile and context types moved out).
+__all__ = ["DEFAULT_COMPLEXITY_MIX", "KNOTS", "STOP_UNKNOWN", "STOPS", "VERSION", "Context", "PartialKeep",
+           "Profile", "Quantiles", "Subagents", "scale_profile"]
+
 
 VERSION = 1
 STOP_UNKNOWN = "unknown"
 STOPS = (STOP_TOOL, STOP_END, STOP_UNKNOWN)  # the keys of every by-stop-reason table
 
-# Probability knots of every fitted quantile function: 27 knots, every 0.05 in the body and
-# denser in both tails, so the interpolated CDF is within a few hundredths of the data's.
-KNOTS = (0.0, 0.002, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55,
-         0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.998, 1.0)
-
 # The default complexity mix when the trace has no labels. The seed article reports that 70-80%
 # of an agent's calls can be served by a small model: simple + moderate = 0.75 of the calls go to
 # small-model tiers, the remaining 0.25 need the large model.
 DEFAULT_COMPLEXITY_MIX = {"simple": 0.5, "moderate": 0.25, "complex": 0.25}
-
-
-@dataclass
-class Quantiles:
-    """A distribution of a non-negative quantity as its quantile function: `q[i]` is the value at
-    probability `p[i]`; between knots the function is linear in log1p(value) when `log`, else
-    linear in the value. `integer`: draws are floored to integers (integer data are fitted as
-    atoms spread evenly over [x, x + 1), so flooring a draw gives back the data's atoms, e.g. think
-    times at 1 s resolution). `p` is the fixed grid KNOTS unless the JSON gives its own (the fit
-    does for integer data with few distinct values: knots at the atoms' edges)."""
-    p: list[float]
-    q: list[float]
-    log: bool = True
-    integer: bool = False
-
-    @classmethod
-    def constant(cls, value: float, integer: bool = False) -> Quantiles:
-        # Flooring a constant integer must give it back: store value + 0.5 for integer constants.
-        v = float(value) + (0.5 if integer else 0.0)
-        return cls([0.0, 1.0], [v, v], log=False, integer=integer)
-
-    def quantile(self, u: np.ndarray | float) -> np.ndarray:
-        """The value at probability u (array in, array out), before integer flooring."""
-        p = np.asarray(self.p, float)
-        q = np.asarray(self.q, float)
-        if self.log:
-            return np.expm1(np.interp(u, p, np.log1p(q)))
-        return np.interp(u, p, q)
-
-    def cdf(self, x: float) -> float:
-        """P(X <= x) of the interpolated quantile function (its inverse)."""
-        p = np.asarray(self.p, float)
-        q = np.asarray(self.q, float)
-        if self.log:
-            return float(np.interp(np.log1p(max(x, 0.0)), np.log1p(q), p))
-        return float(np.interp(x, q, p))
-
-    def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray | float:
-        return self.at(rng.random(size))
-
-    def at(self, u: np.ndarray | float) -> np.ndarray | float:
-        """The draw for uniform(s) u: the quantile, floored for integer quantities."""
-        x = self.quantile(u)
-        if self.integer:
-            x = np.floor(x + 1e-9)  # expm1(log1p(4.0)) is 3.9999999999999996
-        return np.maximum(x, 0.0)
-
-    def median(self) -> float:
-        return float(self.at(0.5))
-
-    def scaled(self, factor: float, integer: bool | None = None) -> Quantiles:
-        """The distribution of factor x X (still a quantile function: scaling keeps it monotone)."""
-        return Quantiles(list(self.p), [_round(v * factor) for v in self.q], self.log,
-                         self.integer if integer is None else integer)
-
-    def clipped(self, lo: float | None = None, hi: float | None = None) -> Quantiles:
-        """The distribution of min(max(X, lo), hi) (clipping keeps it monotone)."""
-        q = np.asarray(self.q, float)
-        q = np.clip(q, lo if lo is not None else -np.inf, hi if hi is not None else np.inf)
-        return Quantiles(list(self.p), [float(v) for v in q], self.log, self.integer)
-
-    def to_dict(self) -> dict:
-        d = {"q": list(self.q), "log": self.log, "integer": self.integer}
-        if tuple(self.p) != KNOTS:  # the default grid is left implicit: it keeps profiles small
-            d = {"p": list(self.p), **d}
-        return d
-
-    @classmethod
-    def from_dict(cls, r: _Reader, key: str | None) -> Quantiles:
-        d = r if key is None else r.obj(key)
-        q = d.floats("q")
-        p = d.floats("p") if "p" in d.data else list(KNOTS)
-        if len(p) < 2 or len(p) != len(q):
-            raise d.error("p", f"needs at least 2 knots, as many in 'q' as in 'p' (got {len(p)} and {len(q)})")
-        if p[0] != 0.0 or p[-1] != 1.0 or any(b <= a for a, b in zip(p, p[1:])):
-            raise d.error("p", "knots must rise strictly from 0 to 1")
-        if any(v < 0 for v in q):
-            raise d.error("q", "values must be >= 0")
-        if any(b < a for a, b in zip(q, q[1:])):
-            raise d.error("q", "values must not decrease (a quantile function is monotone)")
-        return cls(p, q, d.bool("log", True), d.bool("integer", False))
-
-
-@dataclass
-class PartialKeep:
-    """A partial keep: the kept prefix and the new prompt, both relative to the previous prompt
-    (appended tokens = new prompt - kept prefix). Relative, because a rewritten or compacted
-    context scales with the context it replaces."""
-    kept_fraction: Quantiles
-    size_ratio: Quantiles
-
-
-@dataclass
-class Context:
-    """The per-call context transition (see the module docstring)."""
-    max_context_tokens: int  # no prompt exceeds it
-    limit_edges: list[float]  # calls-per-session bin edges; len(limit_edges) + 1 bins
-    limit_tokens: list[Quantiles]  # per bin: the session's context limit (a prompt that would exceed it is compacted)
-    p_compact: float  # compactions at any size, per call
-    p_edit: dict[str, float]  # by the previous call's stop reason
-    edit: PartialKeep | None
-    compact: PartialKeep | None
-    size_edges: list[float]  # previous-prompt-size bin edges (tokens); len(size_edges) + 1 bins
-    appended_tokens: list[Quantiles]  # after a full keep, per size bin
-
-    def bin_of(self, prev_prompt: float) -> int:
-        return int(np.searchsorted(self.size_edges, prev_prompt, side="right"))
-
-    def draw_limit(self, u: float, calls: int, at_least: float) -> float:
-        """A session's context limit for a uniform draw `u`, given the session's length and that
-        its first prompt fits under it."""
-        q = self.limit_tokens[int(np.searchsorted(self.limit_edges, calls, side="right"))]
-        lo = float(q.cdf(at_least))
-        u = lo + (1.0 - lo) * u
-        return min(max(float(q.quantile(u)), at_least), float(self.max_context_tokens))
 
 
 @dataclass
@@ -182,6 +48,7 @@ class Subagents:
 
 @dataclass
 class Profile:
+    """Everything traces/synth.py needs to draw sessions of one workload."""
     name: str
     source: str  # what the profile describes, in words
     fitted_from: dict  # {path, format, sessions, subagent_sessions, calls, date}; {} when made by hand
@@ -240,7 +107,7 @@ class Profile:
         }
 
     def to_json(self) -> str:
-        return _compact_json(self.to_dict())
+        return compact_json(self.to_dict())
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json() + "\n")
@@ -253,25 +120,19 @@ class Profile:
                 data = orjson.loads(data)
             except orjson.JSONDecodeError as e:
                 raise TraceError(path, f"invalid JSON ({e})") from None
-        r = _Reader(data, path, "")
+        r = Reader(data, path, "")
         version = r.get("tierbench_profile", VERSION)
         if version != VERSION:
             raise r.error("tierbench_profile", f"unsupported profile version {version!r} (this tierbench reads {VERSION})")
-        stops = r.obj("stop_probabilities")
-        stop_p = {k: stops.prob(k) for k in stops.keys(STOPS)}
-        _require_sum(stops, stop_p)
+        stop_p = _distribution(r, "stop_probabilities", STOPS)
         last_p = stop_p
         if r.get("last_stop_probabilities") is not None:
-            last = r.obj("last_stop_probabilities")
-            last_p = {k: last.prob(k) for k in last.keys(STOPS)}
-            _require_sum(last, last_p)
+            last_p = _distribution(r, "last_stop_probabilities", STOPS)
         used = [k for k in STOPS if stop_p.get(k, 0) > 0 or last_p.get(k, 0) > 0]
         context = _read_context(r.obj("context"), used)
         out_r = r.obj("output_tokens")
         think_r = r.obj("think_s")
-        mix_r = r.obj("complexity_mix")
-        mix = {k: mix_r.prob(k) for k in mix_r.keys(COMPLEXITIES)}
-        _require_sum(mix_r, mix)
+        mix = _distribution(r, "complexity_mix", COMPLEXITIES)
         sub = None
         if r.get("subagents") is not None:
             s = r.obj("subagents")
@@ -317,7 +178,15 @@ class Profile:
         return cls.from_json(data, path)
 
 
-def _read_context(ctx: _Reader, used_stops: list[str]) -> Context:
+def _distribution(r: Reader, key: str, names) -> dict[str, float]:
+    """A table of probabilities over `names` that must sum to 1 (errors name the field)."""
+    table = r.obj(key)
+    p = {k: table.prob(k) for k in table.keys(names)}
+    require_sum(table, p)
+    return p
+
+
+def _read_context(ctx: Reader, used_stops: list[str]) -> Context:
     edges = ctx.floats("size_edges")
     if any(b <= a for a, b in zip(edges, edges[1:])):
         raise ctx.error("size_edges", "bin edges must rise strictly")
@@ -346,120 +215,11 @@ def _read_context(ctx: _Reader, used_stops: list[str]) -> Context:
                    partial["edit"], partial["compact"], edges, appended)
 
 
-def _binned(ctx: _Reader, key: str, bins: int) -> list[Quantiles]:
+def _binned(ctx: Reader, key: str, bins: int) -> list[Quantiles]:
     items = ctx.need(key)
     if not isinstance(items, list) or len(items) != bins:
         raise ctx.error(key, f"needs one distribution per bin ({bins})")
-    return [Quantiles.from_dict(_Reader(a, ctx.path, ctx.field(f"{key}[{i}]")), None) for i, a in enumerate(items)]
-
-
-# -- validation helpers ------------------------------------------------------------------------
-
-class _Reader:
-    """A JSON object being validated, with the dotted path of where it sits for error messages."""
-
-    def __init__(self, data: object, path: str | Path, where: str):
-        self.path, self.where = path, where
-        if not isinstance(data, dict):
-            raise TraceError(path, f"expected an object, got {type(data).__name__}", None, where or None)
-        self.data = data
-
-    def field(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def error(self, key: str, message: str) -> TraceError:
-        return TraceError(self.path, message, None, self.field(key))
-
-    def get(self, key: str, default: object = None) -> object:
-        return self.data.get(key, default)
-
-    def need(self, key: str) -> object:
-        if key not in self.data:
-            raise self.error(key, "missing")
-        return self.data[key]
-
-    def obj(self, key: str) -> _Reader:
-        return _Reader(self.need(key), self.path, self.field(key))
-
-    def keys(self, allowed: tuple[str, ...], required: list[str] = ()) -> list[str]:
-        for k in self.data:
-            if k not in allowed:
-                raise self.error(k, f"unknown key (expected one of {', '.join(allowed)})")
-        for k in required:
-            if k not in self.data:
-                raise self.error(k, "missing")
-        return [k for k in allowed if k in self.data]
-
-    def number(self, key: str) -> float:
-        v = self.need(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self.error(key, f"expected a finite number, got {v!r}")
-        return float(v)
-
-    def prob(self, key: str) -> float:
-        v = self.number(key)
-        if not 0.0 <= v <= 1.0:
-            raise self.error(key, f"a probability must be in [0, 1], got {v:g}")
-        return v
-
-    def int(self, key: str, minimum: int = 0) -> int:
-        v = self.need(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-            raise self.error(key, f"expected an integer, got {v!r}")
-        if v < minimum:
-            raise self.error(key, f"must be >= {minimum}, got {v}")
-        return int(v)
-
-    def str(self, key: str, default: str | None = None) -> str:
-        v = self.need(key) if default is None else self.get(key, default)
-        if not isinstance(v, str):
-            raise self.error(key, f"expected a string, got {v!r}")
-        return v
-
-    def bool(self, key: str, default: bool) -> bool:
-        v = self.get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(key, f"expected true or false, got {v!r}")
-        return v
-
-    def floats(self, key: str) -> list[float]:
-        v = self.need(key)
-        if not isinstance(v, list) or not all(
-                not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) for x in v):
-            raise self.error(key, "expected a list of finite numbers")
-        return [float(x) for x in v]
-
-
-def _require_sum(r: _Reader, probs: dict[str, float]) -> None:
-    total = sum(probs.values())
-    if abs(total - 1.0) > 1e-4:  # stored shares are rounded to 5 digits
-        raise TraceError(r.path, f"probabilities must sum to 1, got {total:g}", None, r.where)
-
-
-def _round(v: float, digits: int = 5) -> float:
-    """Round to significant digits: a profile stores shapes, and 5 digits keep it small."""
-    if v == 0 or not math.isfinite(v):
-        return float(v)
-    return float(f"{v:.{digits}g}")
-
-
-def _compact_json(d: dict) -> str:
-    """Indented JSON whose quantile lists stay on one line each: small and diffable."""
-    text = orjson.dumps(d, option=orjson.OPT_INDENT_2).decode()
-    out, buf = [], None
-    for line in text.splitlines():
-        s = line.strip()
-        if buf is not None:
-            buf.append(s)
-            if s.startswith("]"):
-                out.append(buf[0] + "".join(buf[1:-1]) + s)
-                buf = None
-            continue
-        if s.endswith("[") and ('"p": [' in s or '"q": [' in s):
-            buf = [line]
-            continue
-        out.append(line)
-    return "\n".join(out)
+    return [Quantiles.from_dict(Reader(a, ctx.path, ctx.field(f"{key}[{i}]")), None) for i, a in enumerate(items)]
 
 
 # -- derived profiles --------------------------------------------------------------------------
@@ -533,7 +293,7 @@ def scale_profile(profile: Profile, token_scale: float, think_scale: float, max_
             limit_edges=limit_edges,
             limit_tokens=limits,
             p_compact=c.p_compact, p_edit=dict(c.p_edit), edit=c.edit, compact=c.compact,
-            size_edges=[_round(e * token_scale) for e in c.size_edges],
+            size_edges=[round_sig(e * token_scale) for e in c.size_edges],
             appended_tokens=[tokens(q) for q in c.appended_tokens],
         ),
         output_tokens={k: outputs(q) for k, q in profile.output_tokens.items()},
@@ -559,4 +319,4 @@ def _span_map(q: Quantiles, lo: float, hi: float):
 def _span(q: Quantiles, lo: float, hi: float) -> Quantiles:
     f = _span_map(q, lo, hi)
     vals = [f(v) for v in q.q]
-    return Quantiles(list(q.p), [_round(v) for v in np.maximum.accumulate(vals)], q.log, q.integer)
+    return Quantiles(list(q.p), [round_sig(v) for v in np.maximum.accumulate(vals)], q.log, q.integer)

@@ -1,4 +1,4 @@
-"""Characterization of a trace: the `trace stats --json` keys of DESIGN.md and the per-call
+"""Characterization of a trace: the `trace stats --json` keys of docs/metrics.md and the per-call
 series that plots and the workload fitter need."""
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def _lcp(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def trace_stats(trace: Trace, series: CallSeries | None = None) -> dict:
-    """The DESIGN.md keys, plus a few more that characterization needs."""
+    """The documented keys (docs/metrics.md), plus a few more that characterization needs."""
     cs = series or call_series(trace)
     top = [s for s in trace.sessions if s.parent_id is None]
     arrivals = [c.arrival_s for c in trace.calls() if c.arrival_s is not None]

@@ -9,8 +9,8 @@ Modules, each named for what it holds:
   block_pool.py       the KV block pool, prefix cache (chained block hashes), eviction order,
                       and per-sequence block tables (KVCacheManager)
   scheduler.py        token-budget scheduling, chunked prefill, preemption, QueueFullError
-  attention.py        the paged attention op and KV store: batch layout, torch implementation,
-                      backend choice
+  attention_metadata.py  AttentionMetadata: the flat batch layout both attention implementations read
+  attention.py        the paged attention op and KV store: torch implementation, backend choice
   triton_attention.py the Triton kernels of the same op
   model.py            the Llama decoder (fused QKV and gate-up projections)
   weights.py          building the model; HF safetensors loading; dummy weights
@@ -18,10 +18,14 @@ Modules, each named for what it holds:
   model_runner.py     batch buffers, model execution, sampling per step
   engine.py           LLMEngine: add_request / step / abort / generate / stats
   serve_args.py       the `serve` command's options (light: no torch import)
-  server.py           the OpenAI-compatible HTTP server
+  server.py           the OpenAI-compatible HTTP server: the FastAPI app, serve(), run_from_args()
   api_protocol.py     request validation and response bodies of the server
-  benchmark.py        `python -m engines.reference.benchmark`: offline throughput vs HF transformers
-  server.py, api_protocol.py  the OpenAI-compatible HTTP server over LLMEngine
+  tokenizer.py        the server's tokenizer, chat template, prompt ids, incremental detokenization
+  engine_loop.py      the engine thread and one request in flight (queues, stop strings, aborts)
+  sse.py              the streaming (server-sent events) response
+  metrics.py          the server's Prometheus /metrics
+
+The offline benchmark against HF transformers is tools/offline_benchmark.py.
 
 May import: traces/ (only to materialize token ids), the standard library and third-party packages.
 """

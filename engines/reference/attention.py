@@ -1,15 +1,12 @@
 """Attention over the paged KV cache: one operation, two implementations.
 
-The batch is flat ("varlen"): the new tokens of every scheduled sequence are concatenated, and
-  query_start_loc[i]:query_start_loc[i+1]  are sequence i's new tokens,
-  seq_lens[i]   its KV length once they are stored (cached context + new tokens),
-  block_tables[i, j]  the physical block holding its tokens j*block_size ... (j+1)*block_size-1,
-  slot_mapping[t]  where token t's K and V go: block_id * block_size + offset.
-New tokens attend causally among themselves and to all of their sequence's earlier tokens, i.e.
-query k of a sequence with q_len new tokens sees keys [0, seq_len - q_len + k].
+The batch layout (flat "varlen" batches, block tables, slot mapping) is AttentionMetadata's, in
+attention_metadata.py. New tokens attend causally among themselves and to all of their
+sequence's earlier tokens, i.e. query k of a sequence with q_len new tokens sees keys
+[0, seq_len - q_len + k].
 
 KV cache layout, per layer: key and value caches of shape [num_blocks, block_size, num_kv_heads,
-head_dim]. The model runner orders decodes (q_len == 1) first; `num_decodes` says how many.
+head_dim].
 
 Implementations: "torch" (plain PyTorch, the CPU path and the reference) and "triton"
 (engines/reference/triton_attention.py). resolve_backend() picks triton on CUDA, torch
@@ -24,30 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.reference.attention_metadata import AttentionMetadata
+
 BACKENDS = ("torch", "triton")
 
 # Bound on heads x queries x keys of one attention call (the mask, and the scores where sdpa
 # materializes them): long prefills are split into query chunks, short ones packed together.
 _MAX_SCORE_ELEMS = 1 << 24
-
-
-@dataclass
-class AttentionMetadata:
-    slot_mapping: torch.Tensor  # [num_tokens] int64
-    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
-    seq_lens: torch.Tensor  # [num_seqs] int32
-    block_tables: torch.Tensor  # [num_seqs, >= max blocks per seq] int32
-    num_decodes: int  # leading sequences with one new token each
-    max_query_len: int
-    max_seq_len: int
-    # host copies of query_start_loc and seq_lens: planning on the host needs no device sync
-    query_start_loc_cpu: np.ndarray
-    seq_lens_cpu: np.ndarray
-    torch_plan: list | None = None  # the torch implementation's grouping, built by the first layer
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens_cpu)
 
 
 def resolve_backend(device: torch.device | str, requested: str = "auto") -> str:

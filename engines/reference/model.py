@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.reference.attention import AttentionMetadata, paged_attention, store_kv
+from engines.reference.attention import paged_attention, store_kv
+from engines.reference.attention_metadata import AttentionMetadata
 from engines.reference.config import ModelConfig
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engines.reference.attention import AttentionMetadata, resolve_backend
+from engines.reference.attention import resolve_backend
+from engines.reference.attention_metadata import AttentionMetadata
 from engines.reference.config import EngineConfig, ModelConfig
 from engines.reference.sampler import sample
 from engines.reference.sequence import Sequence

@@ -1,5 +1,6 @@
 """Triton kernels for the paged KV cache: store K/V by slot mapping, and one attention kernel for
-prefill and decode alike (see attention.py for the batch layout and cache layout).
+prefill and decode alike (see attention_metadata.py for the batch layout, attention.py for the
+cache layout).
 
 Written against the triton 3.6 language (nothing newer) and tested on the CPU under
 TRITON_INTERPRET=1. On a GPU, tl.dot needs tiles of at least 16 on every side: block_size >= 16
@@ -11,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engines.reference.attention import AttentionMetadata
+from engines.reference.attention_metadata import AttentionMetadata
 
 
 @triton.jit

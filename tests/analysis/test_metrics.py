@@ -15,7 +15,7 @@ T0 = 1024.0  # a base where binary fractions stay exact
 
 def row(sent, chunks, *, out=None, prompt=100, cached=None, engine="ref", tier="", session="s", call=0,
         intended=None, status="ok", error=None, warmup=False, rid=None, **extra):
-    """A requests-table row as bench/recorder.py record_row writes it; times relative to T0."""
+    """A requests-table row as bench/load/recorder.py record_row writes it; times relative to T0."""
     ts = [T0 + c for c in chunks]
     r = {
         "request_id": rid or f"{session}-{call}-{sent}", "engine": engine, "tier": tier, "session": session,

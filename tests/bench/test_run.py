@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.workload import read_workload
+from bench.load.workload import read_workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,6 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def model_env(tiny_model_dir, tmp_path_factory):
     return {**os.environ, "TIERBENCH_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+def start_run(out: Path, sessions: int, model: Path, env) -> subprocess.Popen:
+    """`tierbench run` in the background: 2 users, real think times, so the run lasts a while."""
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", str(sessions),
+                             "--model", str(model), "--users", "2", "--think-scale", "1.0",
+                             "--out", str(out), "--quiet"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def recorded_rows(out: Path) -> int:
+    return sum(1 for f in out.glob("requests.*.jsonl") for _ in open(f)) if out.exists() else 0
 
 
 def run_cli(args, env, timeout=240):
@@ -73,16 +85,13 @@ def test_open_loop_run(tiny_model_dir, model_env, tmp_path):
 def test_engine_killed_mid_run(tiny_model_dir, model_env, tmp_path):
     """The server dies: the run ends, the calls after are failed with a reason, finished ones stay."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", "6",
-                             "--model", str(tiny_model_dir), "--users", "2", "--think-scale", "1.0", "--out", str(out),
-                             "--quiet"], env=model_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(out, 6, tiny_model_dir, model_env)
     try:
         deadline = time.time() + 120
         killed = False
         while time.time() < deadline and not killed:
             time.sleep(0.3)
-            rows = sum(1 for f in out.glob("requests.*.jsonl") for _ in open(f)) if out.exists() else 0
-            if rows >= 3:
+            if recorded_rows(out) >= 3:
                 info = json.loads((out / "run.json").read_text())
                 url = info["engines"]["reference"]["base_url"]
                 port = url.rsplit(":", 1)[1]
@@ -115,14 +124,12 @@ def test_engine_killed_mid_run(tiny_model_dir, model_env, tmp_path):
 
 def test_sigterm_keeps_finished_requests(tiny_model_dir, model_env, tmp_path):
     out = tmp_path / "term"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--trace", "profile:demo", "--sessions", "8",
-                             "--model", str(tiny_model_dir), "--users", "2", "--think-scale", "1.0", "--out", str(out),
-                             "--quiet"], env=model_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(out, 8, tiny_model_dir, model_env)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
             time.sleep(0.3)
-            if out.exists() and sum(1 for f in out.glob("requests.*.jsonl") for _ in open(f)) >= 2:
+            if recorded_rows(out) >= 2:
                 break
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
@@ -143,6 +150,7 @@ def test_sigterm_keeps_finished_requests(tiny_model_dir, model_env, tmp_path):
     ("name = 'x'\n[load\n", "spec.toml:2: invalid TOML"),
     ("[[engines]]\nkind = 'tpu'\n", "spec.toml:2: field 'engines[0].kind'"),
     ("bogus = 1\n", "spec.toml:1: field 'bogus'"),
+    ("[slos]\nitl_ms = 5\n", "spec.toml:2: field 'slos.itl_ms'"),
 ])
 def test_malformed_spec_exits_2(tmp_path, capsys, text, needle):
     spec = tmp_path / "spec.toml"

@@ -86,27 +86,30 @@ def test_bad_token_count_csv(tmp_path, capsys):
     assert_one_line(code, err, f"{p}:3", "ContextTokens", "must be >= 0")
 
 
-def test_timestamps_backwards_mooncake(tmp_path, capsys):
-    p = write_jsonl(tmp_path / "m.jsonl", [{"timestamp": 5, "input_length": 5, "output_length": 3},
-                                            {"timestamp": 4, "input_length": 5, "output_length": 3}])
-    code, err = run_cli(capsys, "trace", "stats", str(p))
-    assert_one_line(code, err, f"{p}:2", "timestamp", "backwards")
+def _mooncake_backwards(tmp_path):
+    return write_jsonl(tmp_path / "m.jsonl", [{"timestamp": 5, "input_length": 5, "output_length": 3},
+                                              {"timestamp": 4, "input_length": 5, "output_length": 3}]), 2, "timestamp"
 
 
-def test_timestamps_backwards_azure(tmp_path, capsys):
+def _azure_backwards(tmp_path):
     p = tmp_path / "a.csv"
     p.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:05,1,1\n2023-11-16 18:17:04,1,1\n")
-    code, err = run_cli(capsys, "trace", "stats", str(p))
-    assert_one_line(code, err, f"{p}:3", "TIMESTAMP", "backwards")
+    return p, 3, "TIMESTAMP"
 
 
-def test_timestamps_backwards_weka(tmp_path, capsys):
+def _weka_backwards(tmp_path):
     rec = weka_line()
     rec["requests"].append({**rec["requests"][0], "t": -1.0 + 0.5})
     rec["requests"][0]["t"] = 2.0
-    p = write_jsonl(tmp_path / "w.jsonl", [rec])
+    return write_jsonl(tmp_path / "w.jsonl", [rec]), 1, "requests[1].t"
+
+
+@pytest.mark.parametrize("make", [_mooncake_backwards, _azure_backwards, _weka_backwards],
+                         ids=["mooncake", "azure", "weka"])
+def test_timestamps_backwards(tmp_path, capsys, make):
+    p, line, field = make(tmp_path)
     code, err = run_cli(capsys, "trace", "stats", str(p))
-    assert_one_line(code, err, f"{p}:1", "requests[1].t", "backwards")
+    assert_one_line(code, err, f"{p}:{line}", field, "backwards")
 
 
 def test_unknown_format(tmp_path, capsys):

@@ -5,7 +5,7 @@ seed) matches the real distributions of calls per session, prompt tokens, output
 think time (gaps after a tool call) with a two-sample KS statistic of at most 0.1 each, and its
 prefix reuse ratio within 0.05. A profile must fit the shape, not the sample, so the same is
 checked for sessions the fit never saw: fitted on a random half, compared with the other half.
-`python -m bench.fidelity` writes every number to results/fidelity/fidelity.json.
+`python -m tools.fidelity` writes every number to results/fidelity/fidelity.json.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fidelity import KS_MAX, QUANTITIES, REUSE_MAX, compare, samples, split_sessions
+from tools.fidelity import KS_MAX, QUANTITIES, REUSE_MAX, compare, samples, split_sessions
 from traces.fit import fit_profile
 from traces.load import load_trace
 from traces.synth import load_profile, synthesize

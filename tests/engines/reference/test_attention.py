@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.reference.attention import AttentionMetadata, paged_attention, resolve_backend, store_kv
+from engines.reference.attention import paged_attention, resolve_backend, store_kv
+from engines.reference.attention_metadata import AttentionMetadata
 
 
 def make_batch(seqs, n_kv, group, d, block_size, dtype=torch.float32, seed=0, device="cpu"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.launch import free_port
-from tests.conftest import RefServer
+from engines.process import free_port
+from tests.conftest import RefServer, serving
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -39,16 +39,10 @@ class Server(RefServer):
 def servers(tiny_model_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("server-logs")
     # main: roomy; limited: one running sequence, one waiting, slow steps, an API key
-    main = Server(tiny_model_dir, logs / "main.log", "--num-blocks", "512", "--max-num-seqs", "8")
-    limited = Server(tiny_model_dir, logs / "limited.log", "--num-blocks", "128", "--max-num-seqs", "1",
-                     "--max-waiting", "1", "--step-delay-ms", "40", "--api-key", KEY)
-    try:
-        main.wait_ready()
-        limited.wait_ready()
-        yield main, limited
-    finally:
-        main.stop()
-        limited.stop()
+    with serving(Server(tiny_model_dir, logs / "main.log", "--num-blocks", "512", "--max-num-seqs", "8"),
+                 Server(tiny_model_dir, logs / "limited.log", "--num-blocks", "128", "--max-num-seqs", "1",
+                        "--max-waiting", "1", "--step-delay-ms", "40", "--api-key", KEY)) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from engines.reference.server import ServerTokenizer
+    from engines.reference.tokenizer import ServerTokenizer
     return ServerTokenizer(tiny_model_dir)
 
 
@@ -142,7 +136,7 @@ def wait_until(pred, timeout: float = 10.0, what: str = "condition"):
 # -- unit: detokenization, options ---------------------------------------------------------------
 
 def test_incremental_detokenizer_never_emits_partial_utf8(tokenizer):
-    from engines.reference.server import IncrementalDetokenizer
+    from engines.reference.tokenizer import IncrementalDetokenizer
     text = "Grüße, 世界! naïve café — 🙂🚀 done.\n\tdef f(x): return x ** 2"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text) // 4

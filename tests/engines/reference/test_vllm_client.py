@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason
 
 def test_vllm_bench_serve_against_reference(tiny_model_dir, tmp_path):
     with Server(EngineSpec("reference", model=str(tiny_model_dir)), tmp_path) as srv:
-        r = subprocess.run([sys.executable, "-m", "bench.vllm_bench", "--backend", "vllm", "--base-url", srv.base_url,
+        r = subprocess.run([sys.executable, "-m", "bench.measure.vllm_bench", "--backend", "vllm", "--base-url", srv.base_url,
                             "--model", srv.model_name, "--tokenizer", str(tiny_model_dir), "--dataset-name", "random",
                             "--random-input-len", "64", "--random-output-len", "16", "--num-prompts", "20",
                             "--ignore-eos", "--save-result", "--result-dir", str(tmp_path), "--result-filename", "r.json"],

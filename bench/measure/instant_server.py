@@ -1,0 +1,129 @@
+"""An instant OpenAI-compatible streaming server for self-calibration: no model, no tokenizer.
+It answers POST /v1/completions (and /v1/chat/completions) with `max_tokens` SSE chunks, the
+first after `--ttft-ms`, then one every `--itl-ms`, a usage chunk and [DONE]; /health and
+/v1/models too. For each request it logs (keyed by the X-Request-Id header) when the request was
+complete and when each chunk was written, on time.perf_counter, which on Linux is the system-wide
+monotonic clock: the client's timestamps of the same request are directly comparable.
+
+    python -m bench.measure.instant_server --port 8000 --log server-times.jsonl
+
+Plain asyncio streams, so the server's own overhead stays far below what it calibrates.
+`InstantServer` starts it in its own process for tests and measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engines.process import ChildProcess, free_port, start_logged, stop_group, wait_http_ok
+
+CHUNK = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant",'
+         '"choices":[{"index":0,"text":" x","finish_reason":null}]}\n\n')
+
+
+class Instant:
+    def __init__(self, ttft_s: float, itl_s: float, log_path: str | None):
+        self.ttft_s, self.itl_s = ttft_s, itl_s
+        self.log = open(log_path, "a") if log_path else None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                received = time.perf_counter()
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                received = time.perf_counter()
+                if method == "GET":
+                    payload = b'{"object":"list","data":[{"id":"instant","object":"model"}]}' if path == "/v1/models" else b"{}"
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+                    await writer.drain()
+                    continue
+                req = json.loads(body or b"{}")
+                await self.stream(writer, req, headers.get("x-request-id", ""), received)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stream(self, writer, req: dict, request_id: str, received: float) -> None:
+        n = max(1, int(req.get("max_tokens") or 16))
+        prompt = req.get("prompt")
+        n_prompt = len(prompt) if isinstance(prompt, list) else 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writes = []
+        start = received + self.ttft_s
+        for i in range(n):
+            delay = start + i * self.itl_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            data = CHUNK.encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            writes.append(time.perf_counter())
+            await writer.drain()
+        usage = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant","choices":[],'
+                 f'"usage":{{"prompt_tokens":{n_prompt},"completion_tokens":{n},"total_tokens":{n_prompt + n},'
+                 '"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n').encode()
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(usage), usage))
+        await writer.drain()
+        if self.log:
+            self.log.write(json.dumps({"request_id": request_id, "received": received, "writes": writes}) + "\n")
+            self.log.flush()
+
+
+async def serve(host: str, port: int, inst: Instant) -> None:
+    server = await asyncio.start_server(inst.handle, host, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+class InstantServer(ChildProcess):
+    """The instant server in its own process on a free loopback port, as a context manager: its
+    output goes to log_dir/instant-server.log and its per-request timestamps to `times_log`."""
+
+    def __init__(self, log_dir: Path, ttft_ms: float = 20.0, itl_ms: float = 10.0, times_log: Path | None = None):
+        self.log_path = Path(log_dir) / "instant-server.log"
+        self.ttft_ms, self.itl_ms, self.times_log = ttft_ms, itl_ms, times_log
+        self.proc = None
+        self.port = 0
+        self.url = ""
+
+    def start(self) -> "InstantServer":
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "bench.measure.instant_server", "--port", str(self.port),
+               "--ttft-ms", str(self.ttft_ms), "--itl-ms", str(self.itl_ms)]
+        if self.times_log:
+            cmd += ["--log", str(self.times_log)]
+        self.proc = start_logged(cmd, self.log_path)
+        try:
+            wait_http_ok(self.url + "/health", 30.0, self.proc, "the instant server", self.log_path, poll_s=0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        stop_group(self.proc, ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)))
+
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="python -m bench.measure.instant_server", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--ttft-ms", type=float, default=0.0)
+    ap.add_argument("--itl-ms", type=float, default=10.0)
+    ap.add_argument("--log", default=None, help="JSONL of per-request server timestamps")
+    a = ap.parse_args()
+    try:
+        asyncio.run(serve(a.host, a.port, Instant(a.ttft_ms / 1000, a.itl_ms / 1000, a.log)))
+    except KeyboardInterrupt:
+        pass

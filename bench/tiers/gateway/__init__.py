@@ -1,0 +1,58 @@
+"""The tier gateway: a real HTTP proxy, in its own process, in front of each tier's engine. Calls
+arrive at one URL; a routing policy picks the tier; the gateway injects the tier's network delay
+and records the decision with the call.
+
+    python -m bench.tiers.gateway --config gateway.json --port 9000 [--host 127.0.0.1] [--log calls.jsonl]
+
+Modules, in the order a call meets them:
+
+    config.py    the config: tiers, routing table, seed (load_config, gateway_config, build_policy)
+    proxy.py     the proxy (Gateway): endpoints, routing, the call log; serve() runs it
+    http1.py     HTTP/1.1 parsing: header blocks, chunked framing, error bodies
+    upstream.py  the keep-alive connection pool to each tier's engine
+    relay.py     a routed call's request upstream and its answer back
+    delay.py     the injected delay: Link (when), Timers (sub-millisecond sleeps), Downlink (writes)
+    process.py   GatewayProcess: the gateway in its own process (a free port, waits for /health,
+                 stops on every exit path)
+    __main__.py  the process's command line
+
+Routing: `policy.choose(CallInfo) -> (tier_name, reason)`, the policy from
+`bench.tiers.routing.make_policy(config["routing"], tiers)` (no routing table: every call to the
+first tier). A request header `x-tierbench-tier: NAME` forces a tier (reason "forced by
+x-tierbench-tier"). CallInfo is bench.tiers.routing.call_info_from_request's reading of the body
+and the optional headers x-tierbench-session (else X-Session-Id), x-tierbench-call-index,
+x-tierbench-complexity. A policy with an `observe(tier, call, record)` method is told each call's
+outcome (the log record below).
+
+Delay: one RTT is drawn per call from the tier's profile (seeded: `seed` and the tier's name). The
+request is forwarded upstream RTT/2 after it was read (uplink); every piece of the response is
+delivered RTT/2 after it arrived from upstream (downlink), each on its own schedule (arrival +
+RTT/2, never accumulating, never reordered), so TTFT grows by one RTT and the ITL keeps its shape.
+A non-streamed body is returned RTT/2 after upstream's answer is complete. A profile's jitter
+adds uniform(-j, +j) to each transfer's delay, its bandwidth bytes * 8 / rate (transfers queue on
+the link).
+
+The decision travels with the response: headers x-tierbench-tier, x-tierbench-rtt-ms (the drawn
+RTT) and x-tierbench-route-reason; upstream's bytes are forwarded unchanged (an SSE stream's
+chunked framing included). `--log PATH` appends one JSON line per call: request_id, session,
+call_index, tier, rtt_ms, reason, status, stream, error, and perf_counter timestamps (received,
+upstream_sent, upstream_first (the first body bytes from upstream), first_out (their delivery),
+done) plus wall-clock `time`; with --trace-chunks also every piece's arrival and delivery time
+(`chunks_in`, `chunks_out`).
+
+Errors: an unreachable upstream gives 502, an upstream error status is passed back with an
+OpenAI-style error body ({"error": {"message", "type", "code"}}); upstream's own JSON error body
+is kept as it is.
+
+Implementation: plain asyncio streams (uvloop when installed) on both sides, one keep-alive
+connection pool per upstream, no timeouts on streams, no access log; bytes are forwarded as they
+are read without re-parsing (only the chunked framing is tracked, to find the end).
+"""
+from bench.tiers.gateway.config import build_policy, gateway_config, load_config
+from bench.tiers.gateway.delay import Downlink, Link, Timers
+from bench.tiers.gateway.http1 import ChunkedEnd, HTTPError
+from bench.tiers.gateway.process import GatewayProcess
+from bench.tiers.gateway.proxy import Gateway, serve
+
+__all__ = ["GatewayProcess", "gateway_config", "load_config", "build_policy", "Gateway", "serve", "Link",
+           "Downlink", "Timers", "ChunkedEnd", "HTTPError"]
