@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
 from traces.context import Context, PartialKeep
 from traces.errors import TraceError
@@ -116,6 +115,8 @@ class Profile:
     def from_json(cls, data: str | bytes | dict, path: str | Path = "<profile>") -> Profile:
         """Parse and validate a profile; TraceError names the field (a dotted key path)."""
         if not isinstance(data, dict):
+            import orjson  # here, not at the top: the GPU benchmark reads profiles without orjson
+
             try:
                 data = orjson.loads(data)
             except orjson.JSONDecodeError as e:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import orjson
-
 from traces.errors import TraceError
 
 
@@ -96,6 +94,8 @@ def require_sum(r: Reader, probs: dict[str, float]) -> None:
 
 def compact_json(d: dict) -> str:
     """Indented JSON whose quantile lists stay on one line each: small and diffable."""
+    import orjson  # here, not at the top: the GPU benchmark reads profiles without orjson
+
     text = orjson.dumps(d, option=orjson.OPT_INDENT_2).decode()
     out, buf = [], None
     for line in text.splitlines():

@@ -10,12 +10,15 @@ Modules, each named for what it holds:
                       and per-sequence block tables (KVCacheManager)
   scheduler.py        token-budget scheduling, chunked prefill, preemption, QueueFullError
   attention_metadata.py  AttentionMetadata: the flat batch layout both attention implementations read
-  attention.py        the paged attention op and KV store: torch implementation, backend choice
-  triton_attention.py the Triton kernels of the same op
+  attention.py        the paged attention op and KV store in PyTorch (the CPU path, the reference)
+  triton_attention.py the Triton kernels of the same op: split-KV decode, prefill, KV store
+  triton_ops.py       Triton kernels for RMSNorm with residual, rotary embedding, SiLU-and-multiply
+  backend.py          the backend choice (torch or triton) and the kernels each provides
   model.py            the Llama decoder (fused QKV and gate-up projections)
   weights.py          building the model; HF safetensors loading; dummy weights
   sampler.py          greedy / temperature / top-k / top-p / seeded sampling
   model_runner.py     batch buffers, model execution, sampling per step
+  cuda_graph.py       decode steps through CUDA graphs at padded batch sizes
   engine.py           LLMEngine: add_request / step / abort / generate / stats
   serve_args.py       the `serve` command's options (light: no torch import)
   server.py           the OpenAI-compatible HTTP server: the FastAPI app, serve(), run_from_args()
@@ -25,7 +28,9 @@ Modules, each named for what it holds:
   sse.py              the streaming (server-sent events) response
   metrics.py          the server's Prometheus /metrics
 
-The offline benchmark against HF transformers is tools/offline_benchmark.py.
+The offline benchmark against HF transformers is tools/offline_benchmark.py. The GPU benchmark is
+gpu_bench.py (python -m engines.reference.gpu_bench), with its stages in bench_stages.py, the
+in-process agent replay in agent_replay.py and the kernel checks in kernel_checks.py.
 
 May import: traces/ (only to materialize token ids), the standard library and third-party packages.
 """

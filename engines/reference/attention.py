@@ -1,4 +1,6 @@
-"""Attention over the paged KV cache: one operation, two implementations.
+"""Attention over the paged KV cache in plain PyTorch: the CPU path and the readable reference
+that the Triton kernels (triton_attention.py) are tested against. backend.py chooses between the
+two; neither imports the other.
 
 The batch layout (flat "varlen" batches, block tables, slot mapping) is AttentionMetadata's, in
 attention_metadata.py. New tokens attend causally among themselves and to all of their
@@ -7,14 +9,9 @@ sequence's earlier tokens, i.e. query k of a sequence with q_len new tokens sees
 
 KV cache layout, per layer: key and value caches of shape [num_blocks, block_size, num_kv_heads,
 head_dim].
-
-Implementations: "torch" (plain PyTorch, the CPU path and the reference) and "triton"
-(engines/reference/triton_attention.py). resolve_backend() picks triton on CUDA, torch
-elsewhere; EngineConfig.attention_backend or the TIERBENCH_ATTENTION environment variable force one.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,57 +20,31 @@ import torch.nn.functional as F
 
 from engines.reference.attention_metadata import AttentionMetadata
 
-BACKENDS = ("torch", "triton")
-
 # Bound on heads x queries x keys of one attention call (the mask, and the scores where sdpa
 # materializes them): long prefills are split into query chunks, short ones packed together.
 _MAX_SCORE_ELEMS = 1 << 24
 
 
-def resolve_backend(device: torch.device | str, requested: str = "auto") -> str:
-    """Which implementation runs: `requested` unless "auto", then $TIERBENCH_ATTENTION if set,
-    then triton on CUDA and torch elsewhere."""
-    if requested == "auto":
-        requested = os.environ.get("TIERBENCH_ATTENTION", "auto")
-    if requested == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "torch"
-    if requested not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS} or auto, not {requested!r}")
-    return requested
-
-
-def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, backend: str = "torch") -> None:
+def store_kv_torch(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
     """Write new tokens' K and V ([num_tokens, num_kv_heads, head_dim]) into their cache slots."""
-    if backend == "triton":
-        from engines.reference.triton_attention import store_kv_triton
-        store_kv_triton(key, value, k_cache, v_cache, slot_mapping)
-        return
     n_kv, d = key.shape[1], key.shape[2]
     k_cache.view(-1, n_kv, d).index_copy_(0, slot_mapping, key)
     v_cache.view(-1, n_kv, d).index_copy_(0, slot_mapping, value)
 
 
-def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float, backend: str = "torch",
-                    key: torch.Tensor | None = None, value: torch.Tensor | None = None) -> torch.Tensor:
-    """q: [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads, head_dim]. The new tokens'
-    K and V must already be in the cache (store_kv). `key`/`value`, the new tokens' K and V
-    ([num_tokens, num_kv_heads, head_dim]), are optional: the torch implementation reads them
-    instead of the cache for prompts with no cached context, saving a gather."""
-    if backend == "triton":
-        from engines.reference.triton_attention import paged_attention_triton
-        return paged_attention_triton(q, k_cache, v_cache, meta, scale)
-    return paged_attention_torch(q, k_cache, v_cache, meta, scale, key, value)
-
-
 def paged_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                           meta: AttentionMetadata, scale: float, key: torch.Tensor | None = None,
                           value: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain PyTorch: the sequences are attended in padded groups (all decodes in one group,
-    prefills in groups of bounded size), each group one scaled_dot_product_attention call over
-    K/V gathered through its block tables. The grouping is planned once per step (the first layer
-    to run) and reused by every layer."""
+    """q: [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads, head_dim]. The new tokens'
+    K and V must already be in the cache (store_kv_torch). `key`/`value`, the new tokens' K and V
+    ([num_tokens, num_kv_heads, head_dim]), are optional: prompts with no cached context read
+    them instead of the cache, saving a gather.
+
+    The sequences are attended in padded groups (all decodes in one group, prefills in groups of
+    bounded size), each group one scaled_dot_product_attention call over K/V gathered through its
+    block tables. The grouping is planned once per step (the first layer to run) and reused by
+    every layer."""
     if meta.torch_plan is None:
         meta.torch_plan = _plan_groups(meta, k_cache.shape[1], q.shape[1], q.device)
     out = torch.empty_like(q)

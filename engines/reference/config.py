@@ -154,6 +154,11 @@ class EngineConfig:
     max_waiting: int | None = None  # waiting requests at most; add_request beyond raises QueueFullError
     # Execution
     attention_backend: str = "auto"  # auto (cuda -> triton, else torch) | torch | triton; env TIERBENCH_ATTENTION
+    # Decode steps through CUDA graphs captured at padded batch sizes (cuda_graph.py). None: graphs
+    # on CUDA with the triton backend, eager elsewhere. False on the CPU runs the graphs' padded
+    # path eagerly (what the tests check); True never pads.
+    enforce_eager: bool | None = None
+    cuda_graph_max_batch: int = 512  # largest captured batch (also capped by max_num_seqs and the token budget)
     num_threads: int | None = None  # torch intra-op threads on CPU (None: leave torch's default)
     # A fixed sleep added to every engine step. It exists to check that benchmark regression gates
     # catch slowdowns: run once with 0 and once with, say, 20 and the gate must fail the second.
@@ -168,6 +173,8 @@ class EngineConfig:
             raise ValueError("block_size must be a power of two")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError("attention_backend must be auto, torch or triton")
+        if self.cuda_graph_max_batch < 1:
+            raise ValueError("cuda_graph_max_batch must be >= 1")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -227,4 +227,5 @@ class LLMEngine:
             "generation_tokens": sc.generation_tokens,
             "steps": sc.steps,
             "attention_backend": self.runner.backend,
+            "decode_path": self.runner.decode_path,
         }

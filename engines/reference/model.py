@@ -4,6 +4,10 @@ the MLP's gate and up projections (gate_up_proj); weights.py maps HF checkpoints
 
 Inputs are flat: all scheduled tokens of all sequences in one [num_tokens] batch, with positions
 and the attention metadata saying which token belongs where.
+
+The modules run the kernels of their `kernels` attribute (backend.py; set for the whole model by
+use_kernels): attention and the KV store always, and where the backend has them, fused RMSNorm
+with residual, in-place rotary embedding and SiLU-and-multiply instead of the PyTorch code here.
 """
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.reference.attention import paged_attention, store_kv
 from engines.reference.attention_metadata import AttentionMetadata
+from engines.reference.backend import TORCH_KERNELS, Kernels
 from engines.reference.config import ModelConfig
 
 
@@ -69,9 +73,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.kernels = TORCH_KERNELS
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """With `residual`: add it first and return (normed, new residual), saving a pass."""
+        if self.kernels.add_rms_norm is not None:
+            return self.kernels.add_rms_norm(x, residual, self.weight, self.eps)
         if residual is not None:
             x = x + residual
             residual = x
@@ -91,19 +98,26 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = self.head_dim ** -0.5
         self.rope = rope  # one table shared by all layers (its buffers are non-persistent)
-        self.backend = "torch"
+        self.kernels = TORCH_KERNELS
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, n_kv, head_dim], set by the runner
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor, rot: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
-        T = x.shape[0]
+    def forward(self, x: torch.Tensor, rot, meta: AttentionMetadata) -> torch.Tensor:
+        """rot: the positions where the kernels rotate in place, else RotaryEmbedding.for_positions'."""
+        T, ker = x.shape[0], self.kernels
         qkv = self.qkv_proj(x)
         # rotate q and k together: one pass over both
-        qk = self.rope.apply(qkv[:, :self.q_size + self.kv_size].view(T, self.n_heads + self.n_kv, self.head_dim), rot)
-        q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
+        if ker.rotary is not None:
+            ker.rotary(qkv, rot, self.rope.cos, self.rope.sin, self.n_heads + self.n_kv, self.head_dim)
+            q = qkv[:, :self.q_size].view(T, self.n_heads, self.head_dim)
+            k = qkv[:, self.q_size:self.q_size + self.kv_size].view(T, self.n_kv, self.head_dim)
+        else:
+            qk = self.rope.apply(qkv[:, :self.q_size + self.kv_size].view(T, self.n_heads + self.n_kv, self.head_dim),
+                                 rot)
+            q, k = qk[:, :self.n_heads], qk[:, self.n_heads:]
         v = qkv[:, self.q_size + self.kv_size:].view(T, self.n_kv, self.head_dim)
-        store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping, self.backend)
-        o = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale, self.backend, key=k, value=v)
+        ker.store_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        o = ker.attention(q, self.k_cache, self.v_cache, meta, self.scale, k, v)
         return self.o_proj(o.reshape(T, self.q_size))
 
 
@@ -113,8 +127,11 @@ class MLP(nn.Module):
         self.inter = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.kernels = TORCH_KERNELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels.silu_and_mul is not None:
+            return self.down_proj(self.kernels.silu_and_mul(self.gate_up_proj(x)))
         gate, up = self.gate_up_proj(x).split([self.inter, self.inter], dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
@@ -159,14 +176,20 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.kernels = TORCH_KERNELS
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn for layer in self.model.layers]
 
+    def use_kernels(self, kernels: Kernels) -> None:
+        for m in self.modules():
+            if hasattr(m, "kernels"):
+                m.kernels = kernels
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states after the final norm, [num_tokens, hidden]."""
         h = self.model.embed_tokens(input_ids)
-        rot = self.rope.for_positions(positions, h.dtype)
+        rot = positions if self.kernels.rotary is not None else self.rope.for_positions(positions, h.dtype)
         residual = None
         for layer in self.model.layers:
             h, residual = layer(h, residual, rot, meta)

@@ -6,6 +6,11 @@ import argparse
 import os
 import re
 
+# Request bodies over this get 413. A 200k-token prompt sent as token ids ("123456, " each) is about
+# 1.6 MB of JSON, as text about 0.8 MB: 4 MiB holds the longest contexts with room to spare and
+# turns away a runaway 10 MB body before it is read into memory.
+MAX_BODY_BYTES = 4 << 20
+
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b?)\s*$", re.I)
 
 
@@ -55,6 +60,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("TIERBENCH_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $TIERBENCH_API_KEY, else none)")
+    parser.add_argument("--max-body-size", type=parse_size, default=MAX_BODY_BYTES, metavar="SIZE",
+                        help="request bodies over this get 413 (default 4MiB)")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     e = parser.add_argument_group("engine")
     e.add_argument("--max-model-len", type=positive_int, default=None,
@@ -77,6 +84,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--device", default=None, help="cpu or cuda[:n] (default cpu)")
     e.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
+    e.add_argument("--enforce-eager", action="store_true", default=None,
+                   help="no CUDA graphs for decode steps (default: graphs on CUDA with the triton backend)")
     e.add_argument("--num-threads", type=positive_int, default=None, help="torch CPU threads")
     return parser
 
@@ -88,6 +97,7 @@ _ENGINE_ARGS = {
     "max_num_batched_tokens": "max_num_batched_tokens", "max_waiting": "max_waiting",
     "step_delay_ms": "step_delay_ms", "dtype": "dtype", "load_format": "load_format", "seed": "seed",
     "device": "device", "attention_backend": "attention_backend", "num_threads": "num_threads",
+    "enforce_eager": "enforce_eager",
 }
 
 

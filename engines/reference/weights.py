@@ -91,6 +91,22 @@ def load_safetensors(model: LlamaForCausalLM, path: str | Path) -> None:
         raise ValueError(f"checkpoint {path} lacks: {sorted(n if p is None else f'{n}[{p}]' for n, p in missing)}")
 
 
+def hf_parameter_views(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """HF LlamaForCausalLM parameter name -> our tensor, the fused projections cut back into
+    q/k/v and gate/up views: an HF model built on these shares our weights (no copy)."""
+    parts = _part_slices(model.config)
+    out = {}
+    for name, p in model.named_parameters():
+        for hf, (ours, part) in PACKED.items():
+            if f".{ours}." in name:
+                out[name.replace(f".{ours}.", f".{hf}.")] = p[parts[part]]
+        if ".qkv_proj." not in name and ".gate_up_proj." not in name:
+            out[name] = p
+    if model.config.tie_word_embeddings:
+        out["lm_head.weight"] = model.model.embed_tokens.weight
+    return out
+
+
 @torch.no_grad()
 def init_dummy(model: LlamaForCausalLM, seed: int = 0) -> None:
     """Random weights: N(0, 0.02) matrices (HF's initializer_range), unit norm weights."""
