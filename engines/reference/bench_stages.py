@@ -47,7 +47,7 @@ class Shapes:
     agent_token_scale: float = 0.25  # the longest session then decodes ~2k tokens: ~20 s on an H100
     agent_max_context: int = 8192
     agent_think_scale: float = 0.01
-    caps_s: dict = field(default_factory=lambda: {"correctness": 45, "decode": 35, "offline": 80, "hf": 45,
+    caps_s: dict = field(default_factory=lambda: {"correctness": 45, "decode": 35, "profile": 20, "offline": 80, "hf": 45,
                                                   "agent": 40})
 
 
@@ -57,7 +57,7 @@ TINY = Shapes(model="tiny-llama", dtype="float32", max_model_len=512, max_num_se
               kv_cache_bytes=64 << 20, decode_contexts=(64, 256), decode_steps=5, offline_requests=64,
               prompt_len=64, output_len=16, agree_prompt_len=40, agree_tokens=8, agent_sessions=8, agent_calls=3,
               agent_token_scale=0.05, agent_max_context=512, agent_think_scale=0.001,
-              caps_s={"correctness": 40, "decode": 20, "offline": 20, "hf": 20, "agent": 20})
+              caps_s={"correctness": 40, "decode": 20, "profile": 20, "offline": 20, "hf": 20, "agent": 20})
 
 
 @dataclass

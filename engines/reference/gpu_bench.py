@@ -32,7 +32,7 @@ HEADLINE = {  # key: (unit, target on an H100 80GB HBM3, better)
     "hf_speedup_bs64": ("x", 10.0, "higher"),
     "agentic_prefix_hit_vs_ideal": ("ratio", 0.95, "higher"),
 }
-STAGES = ("correctness", "decode", "offline", "agent", "hf")  # HF last: its memory is the tightest
+STAGES = ("correctness", "decode", "profile", "offline", "agent", "hf")  # HF last: its memory is the tightest
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -159,6 +159,15 @@ def table_rows(record: dict) -> list[dict]:
         label = f"decode step bs={cell['batch']} ctx={cell['context']}" + (
             "" if "graphs" not in cell else " graphs " + ("on" if cell["graphs"] else "off"))
         add("decode", label, cell.get("ms_per_step", cell.get("skipped")), "ms")
+    prof = st.get("profile", {})
+    for key in ("graphs_off", "graphs_on"):
+        p = prof.get(key) or {}
+        if "wall_ms_per_step" in p:
+            add("profile", f"bs=1 ctx={prof['context']} {key}: wall / device time per step",
+                f"{p['wall_ms_per_step']:.3f} / {p['device_ms_per_step']:.3f}", "ms")
+            add("profile", f"bs=1 ctx={prof['context']} {key}: kernels per step", p["kernels_per_step"])
+            for k in p["top_kernels"][:5]:
+                add("profile", f"  {key} {k['name'][:60]}", round(k["device_us_per_step"], 1), "us/step")
     off = st.get("offline", {})
     add("offline", f"{off.get('requests')} requests {off.get('prompt_len')}/{off.get('output_len')}",
         off.get("req_per_s", off.get("skipped")), "req/s")
@@ -221,8 +230,10 @@ def run_benchmark(argv: list[str] | None = None) -> int:
 
     run_stage(record, "setup", setup, None)
     bench = record.pop("bench", None)
-    fns = {"correctness": bs.stage_correctness, "decode": bs.stage_decode, "offline": bs.stage_offline,
-           "hf": bs.stage_hf, "agent": bs.stage_agent}
+    from engines.reference.step_profile import stage_profile
+
+    fns = {"correctness": bs.stage_correctness, "decode": bs.stage_decode, "profile": stage_profile,
+           "offline": bs.stage_offline, "hf": bs.stage_hf, "agent": bs.stage_agent}
     for name in args.stages:
         left = args.budget_s - (time.perf_counter() - t0)
         if bench is None or left <= 1:
