@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engines.reference.bench_stages import Bench, decode_sequences, release
