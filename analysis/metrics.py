@@ -12,8 +12,9 @@ Every latency metric matches `vllm bench serve` (vllm/benchmarks/serve.py, calcu
 - goodput = completed requests per second whose TTFT, TPOT and E2EL meet every given SLO
   (metric <= SLO, in ms; vLLM's `--goodput ttft:500,tpot:50`).
 
-Only measured rows count: warm-up rows are dropped, failed rows are counted (by error prefix) but
-never measured. Where vLLM reports 0 for an empty list, this module reports None.
+Only measured rows count: warm-up rows are dropped, failed rows are counted (by their
+`error_reason`: timeout:ttft, reset, http:503, ...; the error's prefix in runs recorded before
+reasons existed) but never measured. Where vLLM reports 0 for an empty list, this module reports None.
 
 Beside them: latency from the intended start (open loop; exposes coordinated omission), schedule
 lag, session makespan (analysis.sessions) and prefix-cache hit ratio against the trace's ideal.
@@ -36,8 +37,8 @@ SLO_METRICS = ("ttft", "tpot", "e2el")
 COLUMNS = [
     "request_id", "engine", "tier", "session", "call_index", "intended_start", "sent", "first_token",
     "last_token", "itl", "chunks", "prompt_tokens", "output_tokens", "cached_tokens",
-    "expected_prompt_tokens", "expected_output_tokens", "status", "http_status", "error",
-    "finish_reason", "warmup", "network_s", "route_reason",
+    "expected_prompt_tokens", "expected_output_tokens", "status", "http_status", "error", "error_reason",
+    "retries", "finish_reason", "warmup", "network_s", "route_reason",
 ]
 
 
@@ -49,7 +50,8 @@ def load_requests(run_dir: str | Path) -> pd.DataFrame:
 
     Rows are sorted by (sent, request_id) so both sources give the same frame; `itl` is a list of
     floats in every row. A missing or corrupt file raises ValueError naming the path (a truncated
-    last line of a fragment, the mark of an interrupted write, is skipped)."""
+    last line of a fragment, the mark of an interrupted write, is skipped). A run directory with a
+    run.json and no record yet (a run cut before its first call finished) has an empty table."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: not a run directory")
@@ -60,13 +62,14 @@ def load_requests(run_dir: str | Path) -> pd.DataFrame:
         except Exception as e:  # pyarrow raises several types for a bad file
             raise ValueError(f"{pq}: cannot read parquet: {e}") from None
     else:
-        if not any(run_dir.glob("requests.*.jsonl")):
+        if not any(run_dir.glob("requests.*.jsonl")) and not (run_dir / "run.json").exists():
             raise ValueError(f"{run_dir}: no requests.parquet or requests.*.jsonl")
         df = pd.DataFrame(read_records(run_dir))
-    return _normalize(df)
+    return normalize_requests(df)
 
 
-def _normalize(df: pd.DataFrame) -> pd.DataFrame:
+def normalize_requests(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column of the requests table present, with one dtype per column, whatever wrote the rows."""
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = pd.Series([None] * len(df), dtype=object)
@@ -128,6 +131,14 @@ def _prompt_tokens(df: pd.DataFrame) -> np.ndarray:
     """Server-reported prompt tokens; what the workload sent where the server gave none."""
     p = _num(df["prompt_tokens"])
     return np.where(np.isnan(p), _num(df["expected_prompt_tokens"]), p)
+
+
+def error_reason(reason, message) -> str:
+    """A failed row's reason: its error_reason, or for rows recorded before reasons existed the
+    prefix of its error message."""
+    if isinstance(reason, str) and reason:
+        return reason
+    return error_prefix(message)
 
 
 def error_prefix(message) -> str:
@@ -247,10 +258,11 @@ def summarize(requests: pd.DataFrame, *, slos: dict | None = None, ideal_prefix_
     s["makespan_p50_s"], s["makespan_p99_s"], s["makespan_mean_s"] = ms["makespan_p50_s"], ms["makespan_p99_s"], ms["makespan_mean_s"]
 
     errors: dict[str, int] = {}
-    for msg in bad["error"]:
-        k = error_prefix(msg)
+    for reason, msg in zip(bad["error_reason"], bad["error"]):
+        k = error_reason(reason, msg)
         errors[k] = errors.get(k, 0) + 1
     s["errors"] = dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0])))
+    s["retried_calls"] = int((_num(df["retries"]) > 0).sum()) if len(df) else 0
     return s
 
 

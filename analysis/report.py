@@ -13,6 +13,9 @@ The page inlines plotly.js once (in <head>), so it opens without a network. It h
    timeline of output tokens/s and client-side requests in flight;
 4. provenance: run.json's name, status, commit, times, environment, command and spec.
 
+A run whose run.json still says `running` gets a note at the top: cut (its process is gone: it
+was killed before its end, and the figures cover the calls it recorded) or not ended.
+
 Every figure is a <div id="fig-..."> drawn by Plotly.newPlot; <body data-figures> lists the ids
 drawn, and <body data-rendered="true"> is set once every plot has resolved (tests check both).
 A figure with nothing to draw is left out with a note. Every string read from a file is
@@ -36,7 +39,7 @@ from analysis.report_figures import (CDF_METRICS, cdf_figure, curve_figure, make
                                      render_figure, timeline_figure)
 from analysis.report_groups import collect_groups
 from analysis.report_html import esc, section
-from analysis.report_tables import claims_html, comparison_html, provenance_html, summary_html
+from analysis.report_tables import claims_html, comparison_html, cut_note, provenance_html, summary_html
 from analysis.rundata import Run, load_run
 
 CSS = """
@@ -119,6 +122,7 @@ def build_report(runs: list[Run], *, title: str | None = None, confidence: float
         f'<p class="note">Generated {generated} from {len(runs)} run(s): '
         f'{", ".join(esc(str(r.path)) for r in runs)}. Intervals: {confidence:.0%}, '
         "bootstrap over sessions.</p>\n",
+        "".join(f'<p class="note cut">{esc(n)}</p>\n' for n in map(cut_note, runs) if n),
         f"<nav>{nav}</nav>\n", *sections,
         "<script>Promise.all(window.tierbenchPlots).then(function () {"
         " document.body.setAttribute('data-rendered', 'true'); },"

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 from analysis.compare import DEFAULT_METRICS, CompareRow, compare_metric, compare_runs
 from analysis.report_groups import LATENCIES, QS, Group, group_sessions, latency_intervals, makespan_intervals
@@ -127,16 +129,20 @@ def claims_html(run: Run) -> str:
     except (OSError, ValueError) as e:
         return f'<p class="note">{esc(path)}: unreadable ({esc(e)})</p>'
     rows = []
-    for name, sc in (data.get("scenarios") or {}).items():
+    scenarios = data.get("scenarios") or {}
+    faulty = any(sc.get("faults") for sc in scenarios.values())
+    for name, sc in scenarios.items():
         share = ", ".join(f"{esc(t)} {v:.0%}" for t, v in (sc.get("tier_share") or {}).items())
         p50, p99 = sc.get("makespan_p50_s") or {}, sc.get("makespan_p99_s") or {}
         cost = (run.summary.get(name) or {}).get("cost_usd")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
             esc(name), share, f"{sc.get('network_per_session_s', 0):.2f}",
             f"{sc.get('inference_per_session_s', 0):.2f}", f"{sc.get('tool_per_session_s', 0):.2f}",
-            _ci_text(p50), _ci_text(p99), "-" if cost is None else f"${cost:.4f}")) + "</tr>")
+            _ci_text(p50), _ci_text(p99), "-" if cost is None else f"${cost:.4f}",
+            *((_faults_text(sc.get("faults")),) if faulty else ()))) + "</tr>")
     head = ("<tr><th>scenario</th><th>calls per tier</th><th>network s/session</th><th>inference s/session</th>"
-            "<th>tool s/session</th><th>makespan p50 s</th><th>makespan p99 s</th><th>cost</th></tr>")
+            "<th>tool s/session</th><th>makespan p50 s</th><th>makespan p99 s</th><th>cost</th>"
+            + ("<th>injected faults: effect on makespan</th>" if faulty else "") + "</tr>")
     claims = []
     for c in data.get("claims") or []:
         claims.append("<tr>" + "".join(f"<td>{x}</td>" for x in (
@@ -149,6 +155,20 @@ def claims_html(run: Run) -> str:
             f"<th>why</th></tr>{''.join(claims)}</table>")
 
 
+def _faults_text(f: dict | None) -> str:
+    """A scenario's injected faults (bench/tiers/study.py fault_effect) in a line."""
+    if not f:
+        return "-"
+    kinds = ", ".join(f"{f[k]} {k}" for k in ("reset", "stall", "error", "spike") if f.get(k))
+    p50 = (f"; makespan p50 {f['makespan_p50_hit_s']:.2f} s hit, "
+           + ("-" if f.get("makespan_p50_clean_s") is None else f"{f['makespan_p50_clean_s']:.2f} s") + " clean"
+           if f.get("makespan_p50_hit_s") is not None else "")
+    share = f.get("lost_share_of_makespan")
+    return esc(f"{kinds} in {f['calls']} calls; {f['sessions_hit']}/{f['sessions']} sessions hit, "
+               f"{f.get('lost_per_session_s') or 0:.2f} s lost per session"
+               + (f" ({share:.1%} of makespan)" if share is not None else "") + p50)
+
+
 def _ci_text(iv: dict) -> str:
     est, lo, hi = iv.get("estimate"), iv.get("lo"), iv.get("hi")
     if est is None:
@@ -156,12 +176,39 @@ def _ci_text(iv: dict) -> str:
     return f"{est:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
 
 
+def cut_note(run: Run) -> str:
+    """'' for a run that ended; else what its run.json and process say: it was cut (killed before
+    its end: the figures cover the calls it recorded), or it may still be running."""
+    info = run.info or {}
+    if info.get("status") != "running":
+        return ""
+    calls = len(run.requests) if run.requests is not None else 0
+    pid = info.get("pid")
+    alive = None
+    if isinstance(pid, int) and info.get("host") == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+    if alive is False:
+        return (f"Run {run.name} was cut: its run.json still says 'running' and its process (pid {pid}) is gone; "
+                f"the figures cover the {calls} calls it recorded before it stopped.")
+    return (f"Run {run.name} has not ended: its run.json says 'running' (it was cut, or is still running); "
+            f"the figures cover the {calls} calls recorded so far.")
+
+
 def provenance_html(run: Run) -> str:
     info = run.info or {}
     env = info.get("environment") or {}
     mem = num(env.get("memory_bytes"))
+    status = info.get("status")
+    if cut_note(run):
+        status = f"{status} (cut: {'process gone' if 'was cut' in cut_note(run) else 'or still running'})"
     fields = [
-        ("name", run.name), ("path", str(run.path)), ("status", info.get("status")),
+        ("name", run.name), ("path", str(run.path)), ("status", status),
         ("git commit", info.get("git_commit")), ("start", info.get("start")), ("end", info.get("end")),
         ("command", env.get("command")), ("python", env.get("python")), ("platform", env.get("platform")),
         ("cpu", env.get("cpu")), ("cores", env.get("cores")),

@@ -2,17 +2,20 @@
 
 A run directory (results/<run>/) is what `tierbench run` writes. A bare JSON file is accepted where
 only a summary exists (a run.json copied out of its directory, or `{"summary": {...}}`): such a
-Run has summaries but no per-request rows, so it supports point comparisons only.
+Run has summaries but no per-request rows, so it supports point comparisons only. A peer client's
+per-request result is accepted too (analysis.peers: `vllm bench serve --save-detailed` JSON, an
+AIPerf profile_export.jsonl or its artifact directory): its rows are mapped to tierbench's and
+summarized under tierbench's definitions, so it compares with a tierbench run like another run.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.metrics import group_key, load_requests
+from analysis.metrics import normalize_requests, group_key, load_requests, summarize_run
+from analysis.peers import load_peer, peer_kind, read_json_object
 from analysis.sessions import measured_rows, sessions_table
 
 
@@ -59,10 +62,16 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """A run directory or a summary JSON file; ValueError naming the path on anything unreadable."""
+    """A run directory, a summary JSON file or a peer's per-request result; ValueError naming the
+    path on anything unreadable."""
     path = Path(path)
+    kind = peer_kind(path) if path.exists() and not (path / "run.json").exists() else None
+    if kind is not None:
+        info, requests = load_peer(path, kind)
+        requests = normalize_requests(requests)
+        return Run(path, info, requests, sessions_table(requests), summarize_run(requests))
     if path.is_dir():
-        info = _read_json(path / "run.json") if (path / "run.json").exists() else {}
+        info = read_json_object(path / "run.json") if (path / "run.json").exists() else {}
         requests = load_requests(path)
         sp = path / "sessions.parquet"
         try:
@@ -71,25 +80,12 @@ def load_run(path: str | Path) -> Run:
             raise ValueError(f"{sp}: cannot read parquet: {e}") from None
         summary = info.get("summary") or {}
         if not summary and len(requests):
-            from analysis.metrics import summarize_run
             summary = summarize_run(requests)
         return Run(path, info, requests, sessions, summary)
     if path.is_file():
-        info = _read_json(path)
+        info = read_json_object(path)
         summary = info.get("summary", info)
         if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
             raise ValueError(f"{path}: field 'summary': expected an object of per-engine summaries")
         return Run(path, info, None, None, summary)
     raise ValueError(f"{path}: no such run directory or JSON file")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}:1: expected a JSON object")
-    return data

@@ -4,7 +4,9 @@ URL) and repetition: a load generator -> per-request records -> results/<run>/.
 The run directory: run.json (spec, git commit, versions, hardware, start/end, status, summary),
 workload.jsonl (the exact prompts), requests.parquet (one row per call), sessions.parquet,
 report.html, server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
-by Ctrl-C or SIGTERM keeps every finished request and its run.json says `interrupted`.
+by Ctrl-C or SIGTERM keeps every finished request and its run.json says `interrupted`; one killed
+outright (SIGKILL) keeps them too, its run.json still says `running`, and `tierbench report` says it
+was cut (bench/rundir.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from bench.load.early_stop import EarlyStopWatch
 from bench.load.runner import progress_bar, record_unsent_calls, run_load
 from bench.load.workload import build_workload, ideal_prefix_hit, write_workload
-from bench.rundir import RunDir
+from bench.rundir import RunDir, write_parquet
 from bench.spec import RunSpec
 from bench.tiers.run import run_tiers, tier_summaries
 from engines.launch import Server, counter_delta
@@ -200,13 +202,13 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
         df = pd.DataFrame()
     if len(df):
         df.insert(0, "run", spec.name)
-        df.to_parquet(out / "requests.parquet", index=False)
+        write_parquet(df, out / "requests.parquet")  # renamed into place: the journal goes only after
         for f in out.glob("requests.*.jsonl"):
             f.unlink()
         tiered = bool(rd.info.get("tiers"))
         # through tiers a session's calls go to several tiers: its makespan spans them all
         st = sessions_table(df.assign(tier="") if tiered else df)
-        st.to_parquet(out / "sessions.parquet", index=False)
+        write_parquet(st, out / "sessions.parquet")
         ideal = rd.info.get("workload", {}).get("ideal_prefix_hit")
         summary = summarize_run(df, slos={k.removesuffix("_ms"): v for k, v in spec.slos.items()} or None,
                                 ideal_prefix_hit=ideal)

@@ -1,8 +1,16 @@
 """The run directory's run.json, kept current on disk: written at start, after each engine and
-repetition, and at the end (docs/run-directory.md has the schema)."""
+repetition, and at the end (docs/run-directory.md has the schema).
+
+Every file of the directory is written so that a run killed at any moment (SIGKILL included)
+leaves it readable: run.json and the tables are written beside and renamed into place, records
+are appended a whole line at a time. run.json says `running` with the run's `pid` and `host`
+until the end, so a reader that finds it so and the process gone knows the run was cut.
+"""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 from pathlib import Path
 
@@ -22,8 +30,9 @@ class RunDir:
             if old.is_file():
                 old.unlink()
         self._lock = threading.Lock()
-        self.info = {"name": spec.name, "status": "running", "spec": spec.to_dict(), "git_commit": git_commit(),
-                     "environment": environment(), "start": now(), "end": None, "engines": {}, "summary": {}}
+        self.info = {"name": spec.name, "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                     "spec": spec.to_dict(), "git_commit": git_commit(), "environment": environment(),
+                     "start": now(), "end": None, "engines": {}, "summary": {}}
         self.save()
 
     def save(self) -> None:
@@ -31,3 +40,10 @@ class RunDir:
             tmp = self.path / "run.json.tmp"
             tmp.write_text(json.dumps(self.info, indent=2, default=str), encoding="utf-8")
             tmp.replace(self.path / "run.json")
+
+
+def write_parquet(df, path: Path) -> None:
+    """df to path, written beside it and renamed into place: a kill mid-write leaves no torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)

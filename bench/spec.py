@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.load.open_loop import ARRIVALS
-from bench.tiers.network import TIER_NAME, Tier, profile_from_dict
+from bench.tiers.network import TIER_NAME, FaultError, Tier, fault_profile, faults_from_dict, profile_from_dict
 from bench.tiers.routing import SIZES
 from engines.launch import KINDS, EngineSpec
 
@@ -78,7 +78,11 @@ class LoadSpec:
     repetitions: int = 1  # replays of the workload per engine
     workers: int = 0  # locust worker processes (distributed mode; 0: one process)
     master_host: str | None = None  # bind the locust master here; remote workers connect to it
-    timeout_s: float = 600.0  # one call's timeout
+    timeout_s: float = 600.0  # one call's whole time-out, from its send to its last byte (timeout:total)
+    connect_timeout_s: float = 30.0  # one call's time-out to connect, TCP and TLS (timeout:connect; 0: none)
+    ttft_timeout_s: float = 0.0  # one call's time-out from its send to its first token (timeout:ttft; 0: none)
+    stall_timeout_s: float = 0.0  # the longest gap in a stream once tokens flow (timeout:stall; 0: none)
+    retry_rejected: int = 0  # resend a call rejected with 429/503 and Retry-After up to N times, after the delay
     side_by_side: bool = False  # all engines at once instead of one after another
     early_stop: list[str] = field(default_factory=list)  # stop once every target is decided, e.g. ["ttft_p99<=500"]
     early_stop_confidence: float = 0.95  # the confidence early_stop decides at
@@ -92,12 +96,13 @@ class LoadSpec:
 class TierSpec:
     """A network profile in front of one of the [[engines]] (bench/tiers/network.py)."""
     name: str  # the tier's name; a built-in profile's name alone is that profile
-    profile: str | dict | None = None  # device | metro | regional | central | NAME:RTT_MS, or a table of rtt_* keys
+    profile: str | dict | None = None  # built-in NAME or NAME:RTT_MS, then ,KEY=VALUE faults; or a table of rtt_* keys
     rtt_ms: float | None = None  # a fixed round trip (instead of profile)
     rtt_p5_ms: float | None = None  # a lognormal round trip's 5th percentile (with rtt_p95_ms)
     rtt_p95_ms: float | None = None  # a lognormal round trip's 95th percentile (with rtt_p5_ms)
     jitter_ms: float | None = None  # extra delay per transfer, uniform in +-jitter_ms (default 0)
     bandwidth_mbps: float | None = None  # link rate: a transfer also takes bytes * 8 / rate (default: unlimited)
+    faults: dict | None = None  # faults the gateway injects on purpose: a table of the keys below (default: none)
     size: str | None = None  # the model class there, small | large (default: large from 150 ms median RTT)
     price_per_m_prompt: float | None = None  # USD per million prompt tokens (default: [prices.NAME])
     price_per_m_output: float | None = None  # USD per million output tokens (default: [prices.NAME])
@@ -119,8 +124,14 @@ class TierSpec:
             _expect_number(self, key, minimum=0)
         if self.size is not None and self.size not in SIZES:
             raise FieldError("size", f"expected one of {', '.join(SIZES)}, got {self.size!r}")
+        if self.faults is not None:
+            try:
+                fault_profile(self.faults)
+            except FaultError as e:
+                raise FieldError("faults" if e.key == "faults" else f"faults.{e.key}", e.message) from None
         try:
             profile_from_dict(self.table(), self.name)
+            faults_from_dict(self.table(), self.name)
         except ValueError as e:
             given = [k for k in ("profile", "rtt_ms", "rtt_p5_ms", "rtt_p95_ms") if getattr(self, k) is not None]
             raise FieldError(given[0] if given else "name", str(e)) from None

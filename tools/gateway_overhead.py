@@ -89,7 +89,7 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
         config = {"tiers": [tier.to_dict()], "routing": {"policy": "fixed", "tier": "lab"}, "seed": 0}
         with GatewayProcess(config, out, call_log=out / "gateway.calls.jsonl", trace_chunks=True) as gw:
             targets["gateway"] = gw.base_url
-            pids = {"gateway": gw.proc.pid, "instant_server": server.pid, **({"relay": rp.pid} if relay else {})}
+            pids = {"gateway": gw.proc.pid, "instant_server": server.proc.pid, **({"relay": rp.pid} if relay else {})}
             cpu = {k: {"start": _cpu_s(v)} for k, v in pids.items()}
             for path, r in phases:
                 tag = f"{path[0]}{r}"

@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 
 from bench import spec as specs
-from bench.tiers.network import BUILTIN
+from bench.tiers.network import BUILTIN, FaultProfile
 from bench.tiers.pricing import DEFAULT_PRICES
 from bench.tiers.routing import POLICIES
 
@@ -36,6 +36,14 @@ A run spec is a TOML file: `tierbench run SPEC.toml` (flags given beside it over
 fails when this file is stale. A bad key exits with status 2 and one line naming the file, the line
 and the field, e.g. `spec.toml:12: field 'tiers[0].rtt_ms': expected a number, got 'x'`.
 """
+
+FAULTS_NOTE = """`faults = { KEY = VALUE, ... }`, or the same after the profile (`profile = "central,reset_rate=0.01"`,
+`--tier central,reset_rate=0.01`): faults the tier gateway injects on purpose, each call drawn on its
+own from a seeded RNG. Reset, stall and error exclude one another (their rates sum to at most 1); a
+spike can fall on any call. A reset and a stall strike a stream after the first chunk of its body,
+a non-streamed answer in its place; an error never reaches the engine. The gateway's call log records
+each call's faults, the response header `x-tierbench-faults` names them, and the report shows their
+effect on each scenario's makespan."""
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -151,7 +159,8 @@ def render() -> str:
         if cls is specs.TierSpec:
             parts += ["Built-in network profiles (`profile = NAME`, or a tier named so):",
                       table(("profile", "round trip"), [(f"`{n}`", p.describe().split(": ", 1)[1])
-                                                        for n, p in BUILTIN.items()])]
+                                                        for n, p in BUILTIN.items()]),
+                      "### faults", " ".join(FAULTS_NOTE.split()), table(cols, rows(FaultProfile))]
         if cls is specs.ScenarioSpec:
             parts += _policies()
         if cls is specs.PriceSpec:

@@ -1,7 +1,10 @@
 """One entry point for every trace: format detection and dispatch to the readers.
 
 A path may be a single file, a directory of files, or a gzipped bundle; `profile:NAME` (or
-`profile:FILE.json`) draws a synthetic trace from a workload profile instead.
+`profile:FILE.json`) draws a synthetic trace from a workload profile instead. The dataset files
+that AIPerf and vLLM replay are traces here too: Mooncake-style JSONL (AIPerf's mooncake_trace,
+with or without session_id/delay, and vLLM's timed_trace) and the WEKA trace JSON that AIPerf's
+weka loader reads.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ FORMATS = ("weka", "swe", "mooncake", "azure", "tracelab", "native")
 # When a directory mixes formats (a SOURCE.txt, a derived CSV), the agentic one wins.
 _PRIORITY = ("native", "weka", "swe", "tracelab", "mooncake", "azure")
 _SUFFIXES = (".json", ".jsonl", ".gz", ".csv", ".traj")
+# Mooncake rows beside input_length: the release's timestamp and hash_ids, AIPerf's multi-turn
+# session_id and delay (its mooncake_trace), vLLM's timed_trace labels (the release's names).
+_MOONCAKE_KEYS = {"timestamp", "hash_ids", "session_id", "delay", "output_length"}
 
 
 def sniff(path: Path) -> str | None:
@@ -38,7 +44,7 @@ def sniff(path: Path) -> str | None:
                 return "weka"
             if "messages" in keys and ("instance_id" in keys or "info" in keys or "trajectory_format" in keys):
                 return "swe"
-            if "timestamp" in keys and "input_length" in keys:
+            if "input_length" in keys and keys & _MOONCAKE_KEYS:
                 return "mooncake"
             if "session" in keys and "prompt_tokens" in keys:
                 return "native"

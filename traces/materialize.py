@@ -70,6 +70,15 @@ def scale_trace(trace: Trace, token_scale: float = 1.0, max_context: int | None 
     return out
 
 
+def block_ends(n: int, block_size: int, scale: float = 1.0) -> np.ndarray:
+    """Where each of a call's first n hash blocks ends in its scaled prompt: block j covers tokens
+    [ends[j-1], ends[j]) with ends[j] = floor((j+1)*b*F) (ends[-1] = 0). A function of the position
+    alone, so equal leading blocks cover equal leading tokens in every call. Blocks of zero tokens
+    (b*F < 1) hold nothing. The one definition of scaled blocks: materialization and the Mooncake
+    writer both use it."""
+    return np.floor(np.arange(1, n + 1, dtype=np.float64) * (block_size * scale)).astype(np.int64)
+
+
 def _shorten(msg: dict, f: float) -> dict:
     content = msg.get("content")
     if not isinstance(content, str) or f >= 1.0:
@@ -107,12 +116,11 @@ class Materializer:
         parts = []
         n = 0
         if c.hash_ids is not None and self.trace.block_size:
-            b = self.trace.block_size * self.scale
-            for j, h in enumerate(c.hash_ids.tolist()):
-                k = math.floor((j + 1) * b) - math.floor(j * b)
-                if k:
-                    parts.append(self._block(scope, h, k))
-                    n += k
+            ends = block_ends(len(c.hash_ids), self.trace.block_size, self.scale)
+            for h, start, end in zip(c.hash_ids.tolist(), [0, *ends[:-1].tolist()], ends.tolist()):
+                if end > start:
+                    parts.append(self._block(scope, h, end - start))
+                    n = end
                 if n >= c.prompt_tokens:
                     break
         if n < c.prompt_tokens:  # the tail past the last full block is this call's own

@@ -83,13 +83,13 @@ def prefix_reuse(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     for _, p, scope, c, prev in order:
         ids = c.hash_ids if c.hash_ids is not None else np.empty(0, np.int64)
         if prev is not None and prev.hash_ids is not None:
-            kept[p] = min(_lcp(ids, prev.hash_ids) * bs, c.prompt_tokens)
+            kept[p] = min(common_prefix_len(ids, prev.hash_ids) * bs, c.prompt_tokens)
         elif prev is not None:
             kept[p] = 0
         s = seen.setdefault(scope, set())
         # Fast path: the previous prompt of this scope usually covers most of the prefix.
         last = last_in_scope.get(scope)
-        m = _lcp(ids, last) if last is not None else 0
+        m = common_prefix_len(ids, last) if last is not None else 0
         while m < len(ids) and int(ids[m]) in s:
             m += 1
         cached[p] = min(m * bs, c.prompt_tokens)
@@ -99,7 +99,8 @@ def prefix_reuse(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
     return cached, kept
 
 
-def _lcp(a: np.ndarray, b: np.ndarray) -> int:
+def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading hash blocks two calls share."""
     k = min(len(a), len(b))
     if k == 0:
         return 0

@@ -30,10 +30,15 @@ REPORT_DESCRIPTION = (
     'timeline, and provenance. Plotly is inlined: the file opens without a network.')
 
 
+# what compare, gate and report read (analysis/rundata.py, analysis/peers.py)
+RUN_KINDS = ("a run directory, a summary JSON, a `vllm bench serve --save-detailed` JSON, or an AIPerf "
+             "export (its artifact directory or profile_export.jsonl)")
+
+
 def register(sub) -> None:
     sp = add_command(sub, "compare", "compare two runs: candidate / baseline with confidence intervals", COMPARE_DESCRIPTION)
-    sp.add_argument("run_a", metavar="RUN_A", help="baseline run directory (or summary JSON)")
-    sp.add_argument("run_b", metavar="RUN_B", help="candidate run directory (or summary JSON)")
+    sp.add_argument("run_a", metavar="RUN_A", help="baseline: " + RUN_KINDS)
+    sp.add_argument("run_b", metavar="RUN_B", help="candidate: " + RUN_KINDS)
     sp.add_argument("--metric", action="append", metavar="NAME",
                     help="e.g. ttft_p99, e2el_p50, tpot_mean, output_throughput (repeatable; default: a standard set)")
     sp.add_argument("--groups", metavar="A[:B]", help="compare group A of RUN_A with group B of RUN_B "
@@ -43,8 +48,8 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_compare)
 
     sp = add_command(sub, "gate", "fail (exit 1) when a candidate run regresses against a baseline", GATE_DESCRIPTION)
-    sp.add_argument("--baseline", required=True, metavar="RUN_OR_JSON")
-    sp.add_argument("--candidate", required=True, metavar="RUN_OR_JSON")
+    sp.add_argument("--baseline", required=True, metavar="RUN_OR_JSON", help=RUN_KINDS)
+    sp.add_argument("--candidate", required=True, metavar="RUN_OR_JSON", help=RUN_KINDS)
     sp.add_argument("--metric", action="append", metavar="NAME", help="gated metric (repeatable)")
     sp.add_argument("--advisory", action="append", metavar="NAME", help="reported, never fails (repeatable)")
     sp.add_argument("--max-regression", type=percent, default=10.0, metavar="PCT",
@@ -56,7 +61,7 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_gate)
 
     sp = add_command(sub, "report", "write one self-contained HTML report of one or more runs", REPORT_DESCRIPTION)
-    sp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR", help=RUN_KINDS)
     sp.add_argument("-o", "--output", metavar="report.html", help="default: RUN_DIR/report.html of the first run")
     sp.add_argument("--title")
     sp.add_argument("--confidence", type=confidence, default=0.95)

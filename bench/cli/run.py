@@ -1,6 +1,7 @@
 """`tierbench run`, `tierbench demo` and `tierbench calibrate`: replay workloads against engines."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 from bench.cli.common import BadInput, add_command
 from bench.load.open_loop import ARRIVALS
 from bench.spec import MODES
-from engines.reference.serve_args import positive_float, positive_int
+from engines.reference.serve_args import nonneg_float, positive_float, positive_int
 from traces.load import FORMATS
 
 
@@ -56,10 +57,20 @@ def register(sub) -> None:
     sp.add_argument("--repetitions", type=positive_int)
     sp.add_argument("--workers", type=int, metavar="N", help="locust worker processes (distributed mode)")
     sp.add_argument("--master-host", metavar="HOST", help="bind the locust master here; remote workers connect to it")
+    sp.add_argument("--timeout", type=positive_float, metavar="S", help="a call's whole time-out (default 600)")
+    sp.add_argument("--connect-timeout", type=nonneg_float, metavar="S", help="time-out to connect (default 30; 0: none)")
+    sp.add_argument("--ttft-timeout", type=nonneg_float, metavar="S",
+                    help="time-out from a call's send to its first token (default 0: none)")
+    sp.add_argument("--stall-timeout", type=nonneg_float, metavar="S",
+                    help="the longest gap in a stream once tokens flow (default 0: none)")
+    sp.add_argument("--retry-rejected", type=count, metavar="N",
+                    help="resend a call rejected with 429/503 and Retry-After up to N times, after the delay (default 0)")
     sp.add_argument("--slo", action="append", metavar="ttft_ms=500", help="SLO for goodput (repeatable)")
-    sp.add_argument("--tier", action="append", metavar="NAME[:RTT_MS]",
+    sp.add_argument("--tier", action="append", metavar="NAME[:RTT_MS][,FAULT=V...]",
                     help="replay through the tier gateway once per tier: a built-in network profile (device, "
-                         "metro, regional, central) or a fixed round trip (lab:50); repeatable")
+                         "metro, regional, central) or a fixed round trip (lab:50), then injected faults "
+                         "(central,reset_rate=0.01,spike_rate=0.01,spike_ms=2000; docs/spec.md lists them); "
+                         "repeatable")
     sp.add_argument("--early-stop", action="append", metavar="ttft_p99<=500",
                     help="stop a repetition once this percentile target is met or missed at the confidence "
                          "(binomial rule at 64, 128, 256, ... calls; repeatable: stops when all are decided)")
@@ -76,7 +87,8 @@ def register(sub) -> None:
     sp.add_argument("--ttft-ms", type=float, default=20.0, help="the server's time to first chunk (default 20)")
     sp.add_argument("--itl-ms", type=float, default=10.0, help="the server's gap between chunks (default 10)")
     sp.add_argument("--workers", type=int, default=0, help="locust worker processes (default 0: one process)")
-    sp.add_argument("--out", default="results/calibrate", metavar="DIR")
+    sp.add_argument("--out", metavar="DIR", help="where to write (default: a new temporary directory, so no "
+                                                "committed result is rewritten)")
     sp.set_defaults(func=cmd_calibrate)
 
     sp = add_command(sub, "demo", "the main job on an embedded default", DEMO_DESCRIPTION)
@@ -101,7 +113,10 @@ def spec_from_args(args):
                             ("session_rate", ld, "session_rate"), ("duration", ld, "duration_s"),
                             ("warmup", ld, "warmup_s"), ("repetitions", ld, "repetitions"), ("workers", ld, "workers"),
                             ("master_host", ld, "master_host"), ("name", spec, "name"), ("model", spec, "model"),
-                            ("early_stop", ld, "early_stop"), ("early_stopconfidence", ld, "early_stopconfidence")):
+                            ("early_stop", ld, "early_stop"), ("early_stop_confidence", ld, "early_stop_confidence"),
+                            ("timeout", ld, "timeout_s"), ("connect_timeout", ld, "connect_timeout_s"),
+                            ("ttft_timeout", ld, "ttft_timeout_s"), ("stall_timeout", ld, "stall_timeout_s"),
+                            ("retry_rejected", ld, "retry_rejected")):
         v = getattr(args, flag, None)
         if v is not None:
             setattr(obj, attr, v)
@@ -142,7 +157,30 @@ def spec_from_args(args):
     data["engines"] = [{k: v for k, v in e.items() if v not in (None, "", [], {}, 0.0)} for e in data["engines"]]
     checked = spec_from_dict(data, args.spec or "<flags>")
     checked.engines = spec.engines
+    check_client_options(checked.load, args.spec or "<flags>")
     return checked
+
+
+def check_client_options(load, source: str) -> None:
+    """The client's time-outs and retries (bench.load.client.ClientConfig): SpecError naming the field."""
+    from bench.load.client import ClientConfig
+    from bench.spec import SpecError
+    try:
+        load.retry_rejected = ClientConfig.of(load).retry_rejected  # a whole number, as the spec's 2.0 means
+    except ValueError as e:
+        name, _, message = str(e).partition(": ")
+        raise SpecError(source, message, None, f"load.{name}") from None
+
+
+def count(text: str) -> int:
+    """A whole number >= 0 (an argparse type)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return v
 
 
 def cmd_run(args) -> int:
@@ -154,13 +192,31 @@ def cmd_run(args) -> int:
     info = json.loads((out / "run.json").read_text())
     if info.get("summary"):
         print(format_summary_table(info["summary"]))
+        for line in failure_lines(info["summary"]):
+            print(line)
     print(f"\n{info['status']}: {out}/ (run.json, requests.parquet, sessions.parquet)")
     return code
 
 
+def failure_lines(summary: dict) -> list[str]:
+    """Per group with failed or resent calls: its failures counted by reason, and its resent calls."""
+    out = []
+    for key, s in summary.items():
+        parts = [f"{n} {reason}" for reason, n in (s.get("errors") or {}).items()]
+        text = f"{key}: failed calls by reason: {', '.join(parts)}" if parts else ""
+        if s.get("retried_calls"):
+            text = (text + "; " if text else f"{key}: ") + f"{s['retried_calls']} calls resent (not failures)"
+        if text:
+            out.append(text)
+    return out
+
+
 def cmd_calibrate(args) -> int:
+    import tempfile
+
     from bench.measure.calibrate import calibrate
-    r = calibrate(Path(args.out), sessions=args.sessions, calls=args.calls, tokens=args.tokens, ttft_ms=args.ttft_ms,
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="tierbench-calibrate-"))
+    r = calibrate(out, sessions=args.sessions, calls=args.calls, tokens=args.tokens, ttft_ms=args.ttft_ms,
                   itl_ms=args.itl_ms, workers=args.workers)
     t, i = r["ttft_overhead_ms"], r["itl_overhead_ms"]
     print(f"{r['ok']}/{r['requests']} requests ok at {r['sessions']} concurrent sessions")
@@ -169,7 +225,7 @@ def cmd_calibrate(args) -> int:
     f = r["first_call_ttft_overhead_ms"]
     if f:
         print(f"first call of a session (opens its connection): TTFT overhead p50 {f['p50']:.3f} ms, p99 {f['p99']:.3f} ms")
-    print(f"bar p99 <= {r['bar_p99_ms']:g} ms: {'pass' if r['pass'] else 'FAIL'}; wrote {args.out}/calibration.json")
+    print(f"bar p99 <= {r['bar_p99_ms']:g} ms: {'pass' if r['pass'] else 'FAIL'}; wrote {out}/calibration.json")
     return 0 if r["pass"] else 1
 
 

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cli.common import add_command, tokenizer_dir
+from bench.cli.common import BadInput, add_command, tokenizer_dir
 from engines.reference.serve_args import positive_float, positive_int
 from traces.load import FORMATS
 
@@ -19,7 +19,12 @@ SYNTH_DESCRIPTION = (
     'file.')
 
 CONVERT_DESCRIPTION = (
-    'Mooncake output replays in AIPerf, vLLM and SGLang benchmarks.')
+    'Mooncake output (one request a line: timestamp ms, input_length, output_length, hash_ids) replays '
+    'in AIPerf (--custom-dataset-type mooncake_trace --fixed-schedule --isl-block-size B) and vLLM '
+    '(--dataset-name timed_trace --timed-trace-chunk-hash-size B): every row has ceil(input_length / B) '
+    'hash ids, re-derived after --token-scale and --max-context so that shared prefixes stay shared. '
+    'The file is read back and checked before it appears; OUT.note.json says the block size, the '
+    'scaling and how arrivals were made.')
 
 
 def register(sub) -> None:
@@ -136,19 +141,40 @@ def cmd_trace_synth(args) -> int:
 
 
 def cmd_trace_convert(args) -> int:
+    """Read and scale the whole trace first, write beside the output, check, then move it in
+    place: a conversion that fails anywhere leaves no file (and an older one untouched)."""
     from traces.materialize import scale_trace
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise BadInput(f"{out.parent}: no such directory (flag '--output')")
     trace = _load(args)
     if args.token_scale != 1.0 or args.max_context:
         trace = scale_trace(trace, args.token_scale, args.max_context)
-    out = Path(args.output)
     if args.to == "native":
+        import os
+
         from traces.native import write_native
-        write_native(trace, out)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            write_native(trace, tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
         print(f"wrote {out}: {len(trace.sessions)} sessions, {trace.num_calls} calls (native)")
-    else:
-        from traces.mooncake import write_mooncake
-        notes = write_mooncake(trace, out, block_size=args.block_size)
-        print(f"wrote {out}: {notes['requests']} requests (mooncake, {notes['block_size']}-token blocks)")
-        if "arrivals" in notes:
-            print(f"note: arrivals {notes['arrivals']}", file=sys.stderr)
+        return 0
+    from traces.mooncake import note_path_of, write_mooncake
+    notes = write_mooncake(trace, out, block_size=args.block_size)
+    check = notes["check"]
+    print(f"wrote {out}: {notes['requests']} requests (mooncake, {notes['block_size']}-token blocks, "
+          f"ceil(input_length / {notes['block_size']}) hash ids per row); prefix reuse {check['reuse_written']:.3f} "
+          f"of prompt tokens (source {check['reuse_source_scaled']:.3f}); note {note_path_of(out)}")
+    print(f"note: replay with aiperf profile {notes['replay']['aiperf'].replace('FILE', str(out))}", file=sys.stderr)
+    if check["reuse_written"] < check["reuse_source_scaled"] - 0.01:
+        scale = float(trace.meta.get("token_scale", 1.0))
+        print(f"note: whole {args.block_size}-token blocks keep {check['reuse_written']:.3f} of the scaled "
+              f"source's {check['reuse_source_scaled']:.3f} prefix reuse; smaller blocks keep more, and blocks of "
+              f"the source's block size times the token scale keep all of it where that is a whole number of "
+              f"tokens (here {trace.block_size} x {scale:g} = {(trace.block_size or 0) * scale:g})", file=sys.stderr)
+    if "arrivals" in notes:
+        print(f"note: arrivals: {notes['arrivals']}", file=sys.stderr)
     return 0

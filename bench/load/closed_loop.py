@@ -10,6 +10,12 @@ environment, never a file.
 
 Every subprocess is stopped on every way out (normal end, exception, KeyboardInterrupt): SIGTERM
 (locust's graceful shutdown), then SIGKILL after a grace period.
+
+A worker that dies mid-run (killed, crashed) after recording calls does not end the run: the
+master's heartbeat notices it within about 3 s (bench/load/locust_user.py) and the others finish
+their sessions. Its calls in flight and the sessions of its share it had not finished are then
+recorded as failed rows with reason `lost` (requests.unsent.<engine>.jsonl); what it recorded
+before it died stays.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from typing import Callable
 import orjson
 
 from analysis.records import read_jsonl
-from bench.load.recorder import read_new_rows, records_path
+from bench.load.client import ClientConfig
+from bench.load.recorder import read_new_rows, record_unsent, records_path
 from bench.load.workload import read_workload
 from engines.process import free_port, start_logged, stop_groups
 
@@ -61,6 +68,26 @@ class _Progress:
         return self.rows, self.errors
 
 
+def _worker_died(workers: list[subprocess.Popen], died: dict[int, int], run_dir: Path, engine: str) -> bool:
+    """Note workers that exited with an error status; True when the run should end now: one died
+    before recording a call (a crash at start), or none is left."""
+    for p in workers:
+        if p.pid not in died and p.poll() not in (None, 0):
+            died[p.pid] = p.returncode
+            path = records_path(run_dir, p.pid, engine)
+            if not path.exists() or path.stat().st_size == 0:
+                return True
+    return bool(workers) and len(died) == len(workers)
+
+
+def _share(run_dir: Path, pid: int) -> set[str]:
+    """The session ids process `pid` took at the start (bench/load/locust_user.py writes them)."""
+    try:
+        return set(json.loads((run_dir / f"locust.sessions.{pid}.json").read_text()))
+    except (OSError, ValueError):
+        return set()
+
+
 def _tail(path: Path, n: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -70,8 +97,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 
 def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: str, *, users: int,
                     workers: int = 0, master_host: str | None = None, duration_s: float | None = None,
-                    warmup_s: float = 0.0, api_key: str | None = None, tier: str = "", timeout_s: float = 600,
-                    on_progress: Callable[[int, int], None] | None = None,
+                    warmup_s: float = 0.0, api_key: str | None = None, tier: str = "",
+                    client: ClientConfig | None = None, on_progress: Callable[[int, int], None] | None = None,
                     on_row: Callable[[dict], None] | None = None,
                     stop_event: threading.Event | None = None) -> dict:
     """Play the sessions of the workload file (bench.load.workload.write_workload) with `users`
@@ -84,11 +111,13 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     on_progress(done_calls, errors) is called about every 0.5 s from this thread, after on_row(row)
     for each row recorded since the last call. Setting
     stop_event ends the run at once (locust is stopped; calls in flight are lost, finished ones kept).
+    `client` holds the calls' time-outs and retries.
 
-    Returns {sessions, sessions_done, calls, errors, exit_code, worker_exit_codes, elapsed_s,
+    Returns {sessions, sessions_done, calls, errors, lost, exit_code, worker_exit_codes, elapsed_s,
     worker_command}: counts from the records this run's local processes wrote; sessions_done counts
-    sessions with every call recorded; exit_code is the locust (master) exit code (1 when any request
-    failed)."""
+    sessions with every call recorded; lost counts the rows written for the calls of processes that
+    died mid-run (included in calls and errors); exit_code is the locust (master) exit code (1 when
+    any request failed)."""
     workload_path = Path(workload_path)
     run_dir = Path(run_dir)
     if users < 1:
@@ -103,10 +132,14 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     if duration_s is not None and not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
     plans = read_workload(workload_path)  # fail here, not in locust, on a bad file
+    client = client or ClientConfig()
+    timeout_s = client.timeout_s
     run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.glob("locust.sessions.*.json"):
+        old.unlink()
     config = {"workload": str(workload_path.resolve()), "base_url": base_url, "model": model,
               "run_dir": str(run_dir.resolve()), "engine": engine, "tier": tier, "warmup_s": warmup_s,
-              "timeout_s": timeout_s, "workers": workers}
+              "client": client.to_dict(), "workers": workers}
     config_path = run_dir / "locust.config.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
@@ -132,6 +165,7 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
             master += ["--expect-workers-max-wait", str(int(STARTUP_GRACE_S))]
     progress = _Progress(run_dir, engine, on_row)
     procs: list[subprocess.Popen] = []
+    died: dict[int, int] = {}  # pid -> exit status of a process that ran users and died mid-run
     t_start = time.monotonic()
     try:
         procs.append(start_logged(master, run_dir / "locust.log", env=env, cwd=REPO))
@@ -158,14 +192,16 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
         while True:
             if procs[0].poll() is not None:
                 # the master is done: local workers got 'quit' and finish their in-flight requests
+                if not workers and procs[0].returncode not in (0, 1):
+                    died[procs[0].pid] = procs[0].returncode  # killed, or crashed
                 if all(p.poll() is not None for p in procs[1:]):
                     break
                 if worker_deadline is None:
                     worker_deadline = time.monotonic() + timeout_s + 30
                 elif time.monotonic() > worker_deadline:
                     break
-            elif any(p.poll() not in (None, 0) for p in procs[1:]):
-                break  # a worker died before the run ended (its log says why): the finally stops the rest
+            elif _worker_died(procs[1:], died, run_dir, engine):
+                break  # a worker died before recording anything, or all did (their logs say why)
             if deadline is not None and time.monotonic() > deadline:
                 break  # locust did not stop by itself: the finally stops it
             if stop_event is not None and stop_event.is_set():
@@ -179,6 +215,11 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
         stop_groups(procs, ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)))
     exit_code = procs[0].returncode
     worker_codes = [p.returncode for p in procs[1:]]
+    lost = 0
+    for pid, code in died.items():
+        lost += record_unsent(run_dir, plans, engine, tier, "lost",
+                              f"lost: locust process {pid} died mid-run (exit status {code})",
+                              warmup_s=warmup_s, duration_s=duration_s, sessions=_share(run_dir, pid))
     if on_progress is not None:
         on_progress(*progress.poll())
 
@@ -194,6 +235,6 @@ def run_closed_loop(workload_path, base_url: str, model: str, run_dir, engine: s
     if calls == 0 and exit_code not in (0, None) and not master_host:
         raise RuntimeError(f"locust exited with code {exit_code} and recorded no call; "
                            f"{run_dir / 'locust.log'} ends with:\n{_tail(run_dir / 'locust.log')}")
-    return {"sessions": len(plans), "sessions_done": sessions_done, "calls": calls, "errors": errors,
-            "exit_code": exit_code, "worker_exit_codes": worker_codes, "elapsed_s": time.monotonic() - t_start,
+    return {"sessions": len(plans), "sessions_done": sessions_done, "calls": calls + lost, "errors": errors + lost,
+            "lost": lost, "exit_code": exit_code, "worker_exit_codes": worker_codes, "elapsed_s": time.monotonic() - t_start,
             "worker_command": worker_cmd}

@@ -13,16 +13,28 @@ the think time (previous last token + think_s) for the others; `sent` is the act
 Sessions are shared out without duplication: worker i of W (locust's own worker index; W from the
 config) takes sessions i, i+W, ...; a local run takes them all; within a process the users take
 them from one queue in start_s order. When a process has no session left and none in progress it
-ends the run (local) or tells the master, which quits once every worker is done. The think time is
+ends the run (local) or tells the master, which quits once every worker is done or missing: a
+worker that stopped answering (killed, crashed) is marked missing by locust's heartbeat within
+about 3 s; its calls in flight and its sessions not yet played are lost, and the parent
+(bench.load.closed_loop) records them as such from the share each process writes at the start
+(run_dir/locust.sessions.<pid>.json). The think time is
 locust's wait_time, so at --run-time a user thinking or waiting for a session stops at once and a
 user in a request finishes and records it first (--stop-timeout).
 
 Config: a JSON file named by $TIERBENCH_LOCUST_CONFIG with workload, base_url, model, run_dir,
-engine, tier, warmup_s, timeout_s, workers; the API key, if any, in $TIERBENCH_LOCUST_API_KEY.
+engine, tier, warmup_s, client (bench.load.client.ClientConfig's fields), workers; the API key, if
+any, in $TIERBENCH_LOCUST_API_KEY.
+
+Each process freezes the objects alive at the test's start out of the garbage collector's reach
+(gc.freeze): a full collection of locust's, gevent's and our imports takes tens of milliseconds
+(about 35 ms here), longer than a chunk gap, and would hold every stream of the process while it
+runs; frozen, a collection walks only what the run allocates.
 """
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import time
 from collections import deque
@@ -32,7 +44,7 @@ import gevent
 from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-from bench.load.client import StreamingClient
+from bench.load.client import ClientConfig, StreamingClient
 from bench.load.open_loop import COMPLETIONS_PATH, new_record, stream_call
 from bench.load.recorder import Recorder
 from bench.load.workload import read_workload
@@ -41,6 +53,7 @@ CONFIG_ENV = "TIERBENCH_LOCUST_CONFIG"
 API_KEY_ENV = "TIERBENCH_LOCUST_API_KEY"
 DONE_MESSAGE = "tierbench_done"
 IDLE_WAIT_S = 0.5
+MISSING_POLL_S = 0.5
 
 
 def _load_config() -> dict:
@@ -63,17 +76,38 @@ class _Process:
     in_progress = 0
     done_signalled = False
     recorder: Recorder | None = None
-    done_workers: set = set()
+    done_workers: set = set()  # the master's: workers done or missing
+    quitting = False
 
 
 @events.init.add_listener
 def _on_init(environment, **_kw):
-    if isinstance(environment.runner, MasterRunner):
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
         def on_done(environment, msg, **_kw):
             _Process.done_workers.add(msg.node_id)
-            if len(_Process.done_workers) >= max(1, int(CFG.get("workers") or 1)):
-                gevent.spawn(environment.runner.quit)
-        environment.runner.register_message(DONE_MESSAGE, on_done)
+            _quit_when_all_done(runner)
+        runner.register_message(DONE_MESSAGE, on_done)
+        gevent.spawn(_watch_missing, runner)
+
+
+def _quit_when_all_done(runner) -> None:
+    if not _Process.quitting and len(_Process.done_workers) >= max(1, int(CFG.get("workers") or 1)):
+        _Process.quitting = True
+        gevent.spawn(runner.quit)
+
+
+def _watch_missing(runner) -> None:
+    """The master: a worker locust's heartbeat marks missing will never say it is done; count it
+    as done, so the run ends when the others are (the parent records its lost calls)."""
+    while True:
+        gevent.sleep(MISSING_POLL_S)
+        for node in runner.clients.missing:
+            if node.id not in _Process.done_workers:
+                logging.getLogger("tierbench").warning(
+                    "locust worker %s stopped answering: its calls in flight and sessions left are lost", node.id)
+                _Process.done_workers.add(node.id)
+        _quit_when_all_done(runner)
 
 
 @events.test_start.add_listener
@@ -90,11 +124,15 @@ def _on_test_start(environment, **_kw):
     plans = read_workload(Path(CFG["workload"]))
     mine = [p for i, p in enumerate(plans) if i % count == index and p.calls]
     mine.sort(key=lambda p: p.start_s)  # stable: workload order among equal starts
+    share = Path(CFG["run_dir"]) / f"locust.sessions.{os.getpid()}.json"
+    share.write_text(json.dumps([p.id for p in mine]))
     _Process.sessions = deque(mine)
     _Process.in_progress = 0
     _Process.done_signalled = False
     if _Process.recorder is None:
         _Process.recorder = Recorder(Path(CFG["run_dir"]), CFG["engine"], CFG.get("tier", ""))
+    gc.collect()
+    gc.freeze()
 
 
 @events.quitting.add_listener
@@ -120,7 +158,7 @@ class AgentSessionUser(User):
 
     def on_start(self) -> None:
         self.http = StreamingClient(CFG["base_url"], os.environ.get(API_KEY_ENV) or None,
-                                    float(CFG.get("timeout_s", 600)))
+                                    ClientConfig.of(CFG.get("client") or {}))
         self.plan = None
         self.k = 0
         self.due = 0.0

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.load.client import Record, StreamingClient
+from bench.load.client import ClientConfig, Record, StreamingClient
 from bench.load.workload import CallPlan, SessionPlan
 
 COMPLETIONS_PATH = "/v1/completions"
@@ -95,9 +95,9 @@ def arrival_offsets(n: int, arrivals: str, rate: float | None = None, gamma_cv: 
 class _Pool:
     """Worker threads that each own one StreamingClient; grows on demand up to max_workers."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float, max_workers: int,
+    def __init__(self, base_url: str, api_key: str | None, client: ClientConfig, max_workers: int,
                  handle: Callable[[StreamingClient, tuple], None]):
-        self.base_url, self.api_key, self.timeout_s = base_url, api_key, timeout_s
+        self.base_url, self.api_key, self.client = base_url, api_key, client
         self.max_workers = max_workers
         self.handle = handle
         self.q: queue.SimpleQueue = queue.SimpleQueue()
@@ -124,7 +124,7 @@ class _Pool:
         self.q.put(item)
 
     def _work(self) -> None:
-        client = StreamingClient(self.base_url, self.api_key, self.timeout_s)
+        client = StreamingClient(self.base_url, self.api_key, self.client)
         try:
             while True:
                 item = self.q.get()
@@ -153,7 +153,7 @@ class _Pool:
 def run_open_loop(plans: list[SessionPlan], base_url: str, model: str, recorder, *, api_key: str | None = None,
                   arrivals: str = "trace", rate: float | None = None, gamma_cv: float = 2.0, seed: int = 0,
                   duration_s: float | None = None, warmup_s: float = 0.0, max_in_flight: int = 1024,
-                  timeout_s: float = 600, stop_event: threading.Event | None = None,
+                  client: ClientConfig | None = None, stop_event: threading.Event | None = None,
                   on_record: Callable[[Record], None] | None = None) -> dict:
     """Send every call of `plans` at its intended time and record it with `recorder` (a
     bench.load.recorder.Recorder, or anything with write(Record)). Blocks until the schedule is done
@@ -161,7 +161,8 @@ def run_open_loop(plans: list[SessionPlan], base_url: str, model: str, recorder,
 
     Calls due at or after duration_s, or still unsent when stop_event is set, are not sent
     (`dropped`); calls already sent finish and are recorded. Calls intended before warmup_s are
-    recorded with warmup=True. on_record(rec) is called from the worker threads after each write.
+    recorded with warmup=True. `client` holds the calls' time-outs and retries. on_record(rec)
+    is called from the worker threads after each write.
 
     Returns {calls, sent, dropped, errors, lag_p50_ms, lag_p99_ms, lag_max_ms, elapsed_s}; lag is
     sent - intended over the sent calls (None when none was sent)."""
@@ -181,10 +182,10 @@ def run_open_loop(plans: list[SessionPlan], base_url: str, model: str, recorder,
     errors = 0
     state_lock = threading.Lock()
 
-    def handle(client: StreamingClient, item: tuple) -> None:
+    def handle(http: StreamingClient, item: tuple) -> None:
         nonlocal errors
         rec, session_id, call = item
-        stream_call(client, session_id, model, call, rec)
+        stream_call(http, session_id, model, call, rec)
         recorder.write(rec)
         with state_lock:
             lags.append(rec.sent - rec.intended)
@@ -193,7 +194,7 @@ def run_open_loop(plans: list[SessionPlan], base_url: str, model: str, recorder,
         if on_record is not None:
             on_record(rec)
 
-    pool = _Pool(base_url, api_key, timeout_s, max_in_flight, handle)
+    pool = _Pool(base_url, api_key, client or ClientConfig(), max_in_flight, handle)
     pool.prestart(min(8, len(schedule)))
     sent = 0
     seen_ids: set[str] = set()

@@ -39,7 +39,8 @@ def record_row(rec: Record, engine: str, tier: str = "") -> dict:
         "chunks": len(rec.chunk_times), "prompt_tokens": rec.prompt_tokens, "output_tokens": rec.output_tokens,
         "cached_tokens": rec.cached_tokens, "expected_prompt_tokens": rec.expected_prompt_tokens,
         "expected_output_tokens": rec.expected_output_tokens, "status": rec.status, "http_status": rec.http_status,
-        "error": rec.error, "finish_reason": rec.finish_reason, "warmup": rec.warmup,
+        "error": rec.error, "error_reason": rec.error_reason, "retries": rec.retries,
+        "finish_reason": rec.finish_reason, "warmup": rec.warmup,
         "network_s": rec.network_s, "route_reason": rec.route_reason,
     }
 
@@ -64,26 +65,27 @@ def read_new_rows(path: Path, offsets: dict[Path, int]) -> bytes:
     return data[:end]
 
 
-def record_unsent(run_dir: Path, plans, engine: str, tier: str, reason: str, *, warmup_s: float = 0.0,
-                  duration_s: float | None = None) -> int:
-    """After the server died: a failed row (sent = null, error = `reason`) for every planned call
-    with no record of `engine` (and `tier`, when given), so the table says which calls never ran
-    instead of leaving them out. With a duration limit, only sessions the schedule would have
-    started (start_s < duration_s). Returns how many rows it wrote."""
+def record_unsent(run_dir: Path, plans, engine: str, tier: str, reason: str, message: str, *,
+                  warmup_s: float = 0.0, duration_s: float | None = None, sessions: set[str] | None = None) -> int:
+    """After the server or a load process died: a failed row (sent = null, error_reason `reason`,
+    error `message`) for every planned call with no record of `engine` (and `tier`, when given),
+    so the table says which calls never ran instead of leaving them out. With a duration limit,
+    only sessions the schedule would have started (start_s < duration_s); with `sessions`, only
+    those. Returns how many rows it wrote."""
     seen: set[tuple[str, int]] = set()
     for row in read_records(run_dir):
         if row.get("engine") == engine and (not tier or row.get("tier") == tier):
             seen.add((row.get("session"), row.get("call_index")))
     rows = []
     for plan in plans:
-        if duration_s is not None and plan.start_s >= duration_s:
+        if (duration_s is not None and plan.start_s >= duration_s) or (sessions is not None and plan.id not in sessions):
             continue
         for call in plan.calls:
             if (plan.id, call.index) in seen:
                 continue
             rec = Record(request_id=f"{plan.id}#{call.index}", session=plan.id, call_index=call.index,
                          expected_prompt_tokens=len(call.prompt_ids), expected_output_tokens=call.max_tokens,
-                         status="error", error=reason, warmup=plan.start_s < warmup_s)
+                         status="error", error=message, error_reason=reason, warmup=plan.start_s < warmup_s)
             row = record_row(rec, engine, tier)
             row["sent"] = None  # never sent: no time to give
             rows.append(orjson.dumps(row) + b"\n")

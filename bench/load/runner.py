@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.load.client import ClientConfig
 from bench.spec import RunSpec
 
 
@@ -44,7 +45,7 @@ def run_load(spec: RunSpec, plans, server, out: Path, engine: str, tier: str, ba
             return run_open_loop(plans, server.base_url, server.model_name, recorder, api_key=server.api_key,
                                  arrivals=load.arrivals, rate=load.rate or None, gamma_cv=load.gamma_cv,
                                  seed=spec.trace.seed, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
-                                 timeout_s=load.timeout_s, stop_event=died, on_record=on_record)
+                                 client=ClientConfig.of(load), stop_event=died, on_record=on_record)
         finally:
             recorder.close()
     from bench.load.closed_loop import run_closed_loop
@@ -59,13 +60,14 @@ def run_load(spec: RunSpec, plans, server, out: Path, engine: str, tier: str, ba
     wl = out / "workload.jsonl"
     return run_closed_loop(wl, server.base_url, server.model_name, out, engine, users=load.users, workers=load.workers,
                            master_host=load.master_host, duration_s=load.duration_s or None, warmup_s=load.warmup_s,
-                           api_key=server.api_key, tier=tier, timeout_s=load.timeout_s, on_progress=on_progress,
+                           api_key=server.api_key, tier=tier, client=ClientConfig.of(load), on_progress=on_progress,
                            on_row=stats.add_row, stop_event=died)
 
 
-def record_unsent_calls(spec: RunSpec, plans, out: Path, engine: str, tier: str, reason: str) -> int:
+def record_unsent_calls(spec: RunSpec, plans, out: Path, engine: str, tier: str, message: str) -> int:
+    """A failed row (reason `not-sent`) for every planned call the run never recorded."""
     from bench.load.recorder import record_unsent
-    return record_unsent(out, plans, engine, tier, reason, warmup_s=spec.load.warmup_s,
+    return record_unsent(out, plans, engine, tier, "not-sent", message, warmup_s=spec.load.warmup_s,
                          duration_s=spec.load.duration_s or None)
 
 

@@ -3,8 +3,14 @@ locust path of `tierbench run`) drive the instant server (bench/measure/instant_
 when each request arrived and when it wrote each chunk. The client's overhead is what it measures
 beyond what the server did:
 
-- TTFT overhead = client TTFT (first chunk - send) - server TTFT (first write - request read);
+- TTFT overhead = client TTFT (first chunk - send) - server TTFT (first write - request arrival);
 - ITL overhead  = |client gap - server gap| for every pair of consecutive chunks.
+
+The request's arrival is the kernel's stamp of its last bytes on the server's socket where it has
+one (`arrived`), else when the server read it: a server busy with 64 streams, or waiting for a
+core, reads a request late, and that lateness is the server's, not the client's. It is reported
+apart (`server_read_lateness_ms`), as is whether the client's chunk times were the kernel's
+receive stamps (`client_stamps`, bench/load/wire.py).
 
 A session's first call also opens its connection (TCP handshake, the server's accept): that
 one-time cost is reported apart (`first_call_ttft_overhead_ms`) and the bar applies to the calls
@@ -46,12 +52,14 @@ def calibrate(out: Path, sessions: int = 64, calls: int = 10, tokens: int = 32, 
     rows = read_records(out)
     client = pd.DataFrame(rows).set_index("request_id")
     server = {r["request_id"]: r for r in map(json.loads, open(out / "server-times.jsonl"))}
-    ttft_over, first_over, itl_over = [], [], []
+    ttft_over, first_over, itl_over, lateness = [], [], [], []
     for rid, row in client.iterrows():
         s = server.get(rid)
         if row["status"] != "ok" or s is None:
             continue
-        over = (row["first_token"] - row["sent"]) - (s["writes"][0] - s["received"])
+        arrived = s.get("arrived", s["received"])
+        lateness.append(s["received"] - arrived)
+        over = (row["first_token"] - row["sent"]) - (s["writes"][0] - arrived)
         (first_over if row["call_index"] == 0 else ttft_over).append(over)
         gaps = np.diff(s["writes"])
         n = min(len(gaps), len(row["itl"]))
@@ -62,12 +70,19 @@ def calibrate(out: Path, sessions: int = 64, calls: int = 10, tokens: int = 32, 
         "server_itl_ms": itl_ms, "workers": workers, "requests": int(len(client)),
         "ok": int((client["status"] == "ok").sum()), "matched": len(ttft_over) + len(first_over),
         "ttft_overhead_ms": dist(t), "itl_overhead_ms": dist(i), "first_call_ttft_overhead_ms": dist(f),
+        "server_read_lateness_ms": dist(np.asarray(lateness) * 1e3), "client_stamps": client_stamps(),
         "bar_p99_ms": BAR_MS, "command": "tierbench calibrate " + " ".join(sys.argv[2:]),
         "pass": bool(len(t) and np.percentile(t, 99) <= BAR_MS and np.percentile(i, 99) <= BAR_MS),
         "load": load, **provenance(),
     }
     (out / "calibration.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def client_stamps() -> str:
+    """Where the client's chunk times came from (bench/load/wire.py)."""
+    from bench.load.wire import KERNEL_STAMPS
+    return "kernel receive stamps (SO_TIMESTAMPNS)" if KERNEL_STAMPS else "time.perf_counter() as each read returns"
 
 
 def dist(a: np.ndarray) -> dict:

@@ -2,12 +2,16 @@
 It answers POST /v1/completions (and /v1/chat/completions) with `max_tokens` SSE chunks, the
 first after `--ttft-ms`, then one every `--itl-ms`, a usage chunk and [DONE]; /health and
 /v1/models too. For each request it logs (keyed by the X-Request-Id header) when the request was
-complete and when each chunk was written, on time.perf_counter, which on Linux is the system-wide
-monotonic clock: the client's timestamps of the same request are directly comparable.
+complete (`received`: when this process read it; `arrived`: when its last bytes reached the
+socket, the kernel's stamp, where bench/load/wire.py can get one) and when each chunk was written,
+on time.perf_counter, which on Linux is the system-wide monotonic clock: the client's timestamps
+of the same request are directly comparable. A busy server reads a request late; `arrived` keeps
+that lateness out of what calibration charges to the client.
 
     python -m bench.measure.instant_server --port 8000 --log server-times.jsonl
 
-Plain asyncio streams, so the server's own overhead stays far below what it calibrates.
+Plain asyncio on non-blocking sockets (recvmsg, for the stamps), so the server's own overhead
+stays far below what it calibrates.
 `InstantServer` starts it in its own process for tests and measurements.
 """
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
+from bench.load.wire import arrival, enable_stamps
 from engines.process import ChildProcess, free_port, start_logged, stop_group, wait_http_ok
 
 CHUNK = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant",'
@@ -31,33 +37,44 @@ class Instant:
         self.ttft_s, self.itl_s = ttft_s, itl_s
         self.log = open(log_path, "a") if log_path else None
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                received = time.perf_counter()
-                lines = head.decode("latin-1").split("\r\n")
+                arrived = None
+                while (end := buf.find(b"\r\n\r\n")) < 0:
+                    if (arrived := await _recv(loop, sock, buf)) is None:
+                        return
+                lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
                 method, path = lines[0].split(" ")[:2]
                 headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                need = end + 4 + int(headers.get("content-length", 0))
+                while len(buf) < need:
+                    if (arrived := await _recv(loop, sock, buf)) is None:
+                        return
+                body = bytes(buf[end + 4:need])
+                del buf[:need]
                 received = time.perf_counter()
                 if method == "GET":
                     payload = b'{"object":"list","data":[{"id":"instant","object":"model"}]}' if path == "/v1/models" else b"{}"
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
-                    await writer.drain()
+                    await loop.sock_sendall(sock, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                                  b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
                     continue
                 req = json.loads(body or b"{}")
-                await self.stream(writer, req, headers.get("x-request-id", ""), received)
-        except (asyncio.IncompleteReadError, ConnectionError):
+                await self.stream(loop, sock, req, headers.get("x-request-id", ""), received,
+                                  received if arrived is None else arrived)
+        except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
+            sock.close()
 
-    async def stream(self, writer, req: dict, request_id: str, received: float) -> None:
+    async def stream(self, loop, sock, req: dict, request_id: str, received: float, arrived: float) -> None:
         n = max(1, int(req.get("max_tokens") or 16))
         prompt = req.get("prompt")
         n_prompt = len(prompt) if isinstance(prompt, list) else 1
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await loop.sock_sendall(sock, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                      b"Transfer-Encoding: chunked\r\n\r\n")
         writes = []
         start = received + self.ttft_s
         for i in range(n):
@@ -65,23 +82,50 @@ class Instant:
             if delay > 0:
                 await asyncio.sleep(delay)
             data = CHUNK.encode()
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await loop.sock_sendall(sock, b"%x\r\n%s\r\n" % (len(data), data))
             writes.append(time.perf_counter())
-            await writer.drain()
         usage = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant","choices":[],'
                  f'"usage":{{"prompt_tokens":{n_prompt},"completion_tokens":{n},"total_tokens":{n_prompt + n},'
                  '"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n').encode()
-        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(usage), usage))
-        await writer.drain()
+        await loop.sock_sendall(sock, b"%x\r\n%s\r\n0\r\n\r\n" % (len(usage), usage))
         if self.log:
-            self.log.write(json.dumps({"request_id": request_id, "received": received, "writes": writes}) + "\n")
+            self.log.write(json.dumps({"request_id": request_id, "received": received, "arrived": arrived,
+                                       "writes": writes}) + "\n")
             self.log.flush()
 
 
+async def _recv(loop, sock: socket.socket, buf: bytearray) -> float | None:
+    """Append what sock has (waiting for it) to buf: when it arrived (bench.load.wire.arrival), None at EOF."""
+    while True:
+        try:
+            data, anc, _, _ = sock.recvmsg(65536, 64)
+            break
+        except BlockingIOError:
+            ready = loop.create_future()
+            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(sock.fileno())
+    if not data:
+        return None
+    buf += data
+    return arrival(anc, time.perf_counter())
+
+
 async def serve(host: str, port: int, inst: Instant) -> None:
-    server = await asyncio.start_server(inst.handle, host, port, backlog=1024)
-    async with server:
-        await server.serve_forever()
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server((host, port), backlog=1024)
+    listener.setblocking(False)
+    handlers: set[asyncio.Task] = set()  # referenced until done: the loop keeps only weak ones
+    while True:
+        sock, _ = await loop.sock_accept(listener)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        enable_stamps(sock)
+        task = loop.create_task(inst.handle(sock))
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
 
 
 class InstantServer(ChildProcess):

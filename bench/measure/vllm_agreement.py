@@ -6,15 +6,16 @@ Three pieces, used by tests/bench/test_vllm_bench_agreement.py:
   file (timestamp in ms, input_length, output_length, hash_ids), which vLLM reads as its
   `timed_trace` dataset (token-id prompts sent at the file's timestamps, ignore_eos) and tierbench
   as `--format mooncake` (one-call sessions sent at the same timestamps in open loop).
-- `requests_from_vllm` / `summary_from_vllm`: vLLM's per-request output (--save-result
-  --save-detailed) as a tierbench requests table, and tierbench's summary of it, for comparing
-  the definitions figure by figure (`VLLM_KEYS`).
+- `summary_from_vllm`: tierbench's summary of vLLM's per-request output (--save-result
+  --save-detailed), mapped to a requests table by analysis.peers.requests_from_vllm (which
+  `tierbench compare` and `report` use too), for comparing the definitions figure by figure
+  (`VLLM_KEYS`).
 - `python -m bench.measure.vllm_agreement`: a batch runner that imports vLLM's client once (about 20 s
   on a small machine) and then runs one `vllm bench serve` per argument list it reads from stdin
   (one JSON list per line), through bench.measure.vllm_bench, answering `RESULT <json>` on stdout after
-  each. Each run is exactly `python -m bench.measure.vllm_bench ARGS`; only the import is shared. It
-  imports nothing of tierbench's analysis, so it runs in the vLLM interpreter too
-  ($TIERBENCH_VLLM_PYTHON, engines.launch.vllm_python).
+  each. Each run is exactly `python -m bench.measure.vllm_bench ARGS`; only the import is shared. At
+  import it needs only analysis.peers, which loads pandas lazily, so it runs in the vLLM interpreter
+  too ($TIERBENCH_VLLM_PYTHON, engines.launch.vllm_python).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from analysis.peers import requests_from_vllm  # the mapping lives in analysis/; imported here for callers
 
 # tierbench summary key -> vLLM result key (--percentile-metrics ttft,tpot,itl,e2el
 # --metric-percentiles 50,90,99). Throughputs are per second, latencies in ms in both.
@@ -36,9 +39,6 @@ for _m in ("ttft", "tpot", "itl", "e2el"):
     VLLM_KEYS.update({f"{_m}_mean": f"mean_{_m}_ms", f"{_m}_std": f"std_{_m}_ms",
                       f"{_m}_p50": f"median_{_m}_ms", f"{_m}_p90": f"p90_{_m}_ms",
                       f"{_m}_p99": f"p99_{_m}_ms"})
-
-# What vLLM's --save-detailed adds per request (request order), beside the summary.
-DETAILED_FIELDS = ("start_times", "ttfts", "itls", "latencies", "input_lens", "output_lens", "errors")
 
 MARK = "RESULT "
 
@@ -71,32 +71,6 @@ def vllm_args(base_url: str, model: str, tokenizer: str | Path, trace: Path, n: 
             "--ignore-eos", "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
             "--metric-percentiles", "50,90,99", "--disable-tqdm", "--save-result", "--save-detailed",
             "--result-dir", str(out_dir), "--result-filename", name]
-
-
-def requests_from_vllm(result: dict):
-    """vLLM's per-request output as a tierbench requests table (analysis.metrics.COLUMNS).
-
-    vLLM keeps, per request: start_time (perf_counter at send), ttft, latency (last chunk with
-    choices - send), itl (gaps between chunks with choices), the prompt and completion token
-    counts (the server's usage figures where it sent them), and an error ('' when it succeeded). Times are rebuilt as tierbench records them:
-    sent, first_token = sent + ttft, last_token = sent + latency."""
-    import pandas as pd
-    missing = [k for k in DETAILED_FIELDS if k not in result]
-    if missing:
-        raise ValueError(f"vLLM result lacks {missing}: run it with --save-result --save-detailed")
-    rows = []
-    for i, (st, ttft, itl, lat, pin, pout, err) in enumerate(zip(*(result[k] for k in DETAILED_FIELDS))):
-        ok = not err
-        rows.append({
-            "request_id": f"vllm-{i}", "engine": "vllm-bench", "tier": "", "session": f"r{i}", "call_index": 0,
-            "intended_start": None, "sent": st, "first_token": st + ttft if ok else None,
-            "last_token": st + lat if ok else None, "itl": list(itl) if ok else [],
-            "chunks": len(itl) + 1 if ok else 0, "prompt_tokens": pin, "output_tokens": pout if ok else None,
-            "cached_tokens": None, "expected_prompt_tokens": pin, "expected_output_tokens": None,
-            "status": "ok" if ok else "error", "http_status": 200 if ok else None, "error": err or None,
-            "finish_reason": None, "warmup": False,
-        })
-    return pd.DataFrame(rows)
 
 
 def summary_from_vllm(result: dict) -> dict:

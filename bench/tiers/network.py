@@ -10,7 +10,8 @@ Built-in profiles (lognormal RTTs whose 5th-95th percentiles span the range):
     central   central cloud   200 - 500 ms
 
 On the command line `--tier NAME` is a built-in profile and `--tier NAME:RTT_MS` a fixed
-round-trip time (`--tier lab:50`): `parse_tier`.
+round-trip time (`--tier lab:50`): `parse_tier`. Fault options follow after commas, each a
+FaultProfile key: `--tier central,reset_rate=0.01,spike_rate=0.01,spike_ms=2000`.
 
 A tier in a run spec or a gateway config (`Tier.from_dict`), keys:
 
@@ -28,6 +29,15 @@ A tier in a run spec or a gateway config (`Tier.from_dict`), keys:
     jitter_ms         extra delay per transfer, uniform in [-jitter_ms, +jitter_ms] (netem's
                       default), never reordering chunks; overrides the profile's (default 0)
     bandwidth_mbps    link rate: each transfer also takes bytes * 8 / rate (default: unlimited)
+    faults            a table of FaultProfile keys (below); also accepted as options of a `profile`
+                      string (`profile = "central,reset_rate=0.01"`, the `--tier` form)
+
+Faults (FaultProfile), injected by the gateway on purpose, each call drawn on its own: a
+connection reset, a stall, an HTTP 5xx answer (these three exclude one another: one draw per call
+picks at most one, so their rates sum to at most 1) and an RTT spike (drawn apart: it can fall on
+any call). A reset and a stall strike a stream after the first chunk of its body (a reset where the
+rest would have gone out; a stall delays all the rest), a non-streamed answer in its place; the
+5xx never reaches the engine; a spike adds spike_ms to the call's round trip.
 
 Random draws come from a `random.Random` the caller owns (`rng_for`: one per gateway and tier,
 seeded), so a seeded run draws the same RTT sequence per tier.
@@ -37,7 +47,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 Z95 = 1.6448536269514722  # the standard normal's 95th percentile
 
@@ -126,9 +136,126 @@ BUILTIN: dict[str, NetworkProfile] = {
 }
 
 
+class FaultError(ValueError):
+    """A bad fault key or value; `key` names the key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """Faults the gateway injects into a tier's calls on purpose (see the module doc)."""
+    reset_rate: float = 0.0  # share of calls whose connection is reset (TCP RST) mid-answer
+    stall_rate: float = 0.0  # share of calls whose answer stalls once, after its first chunk, for stall_ms
+    stall_ms: float = 2000.0  # how long a stall holds the answer
+    error_rate: float = 0.0  # share of calls the gateway answers with error_status itself
+    error_status: int = 503  # the status of an injected error, 500-599
+    spike_rate: float = 0.0  # share of calls whose round trip grows by spike_ms (drawn apart from the others)
+    spike_ms: float = 2000.0  # what a spike adds to the round trip
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise FaultError(f.name, f"expected a number, got {v!r}")
+            if f.name.endswith("_rate") and not 0 <= v <= 1:
+                raise FaultError(f.name, f"must be in [0, 1], got {v!r}")
+            if f.name.endswith("_ms") and v < 0:
+                raise FaultError(f.name, f"must be >= 0, got {v!r}")
+        if not (isinstance(self.error_status, int) and 500 <= self.error_status <= 599):
+            raise FaultError("error_status", f"must be an integer in 500-599, got {self.error_status!r}")
+        if self.reset_rate + self.stall_rate + self.error_rate > 1:
+            raise FaultError("reset_rate", "reset_rate + stall_rate + error_rate must be <= 1 (one of them per call "
+                             f"at most), got {self.reset_rate + self.stall_rate + self.error_rate:g}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.reset_rate or self.stall_rate or self.error_rate or self.spike_rate)
+
+    def draw(self, rng: random.Random) -> tuple[str | None, bool]:
+        """One call's faults: (reset | stall | error | None, spike?). Two draws per call, always."""
+        u, v = rng.random(), rng.random()
+        fate = None
+        if u < self.reset_rate:
+            fate = "reset"
+        elif u < self.reset_rate + self.stall_rate:
+            fate = "stall"
+        elif u < self.reset_rate + self.stall_rate + self.error_rate:
+            fate = "error"
+        return fate, v < self.spike_rate
+
+    def to_dict(self) -> dict:
+        """The keys that differ from the defaults."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+    def describe(self) -> str:
+        parts = [f"reset {self.reset_rate:g}" if self.reset_rate else "",
+                 f"stall {self.stall_rate:g} x {self.stall_ms:g} ms" if self.stall_rate else "",
+                 f"HTTP {self.error_status} {self.error_rate:g}" if self.error_rate else "",
+                 f"spike {self.spike_rate:g} x +{self.spike_ms:g} ms" if self.spike_rate else ""]
+        return "faults " + ", ".join(p for p in parts if p) if self.active else ""
+
+
+FAULT_KEYS = tuple(f.name for f in fields(FaultProfile))
+FAULT_NAMES = ("reset", "stall", "error", "spike")  # as FaultProfile.draw and the gateway's call log name them
+NO_FAULTS = FaultProfile()
+
+
+def fault_profile(d: dict) -> FaultProfile:
+    """A FaultProfile from a table of its keys; FaultError names an unknown or bad key."""
+    if not isinstance(d, dict):
+        raise FaultError("faults", f"expected a table of {', '.join(FAULT_KEYS)}, got {d!r}")
+    for k in d:
+        if k not in FAULT_KEYS:
+            raise FaultError(str(k), f"unknown fault key (known: {', '.join(FAULT_KEYS)})")
+    return FaultProfile(**d)
+
+
+def tier_faults(text: str) -> FaultProfile:
+    """The fault options of a `--tier` string (`central,reset_rate=0.01,stall_ms=500`); ValueError
+    naming the flag and the key."""
+    opts = [o.strip() for o in (text or "").split(",")[1:] if o.strip()]
+    if not opts:
+        return NO_FAULTS
+    table: dict = {}
+    try:
+        for opt in opts:
+            key, sep, val = (x.strip() for x in opt.partition("="))
+            if not sep:
+                raise FaultError(key, "expected KEY=VALUE")
+            try:
+                num = float(val)
+            except ValueError:
+                raise FaultError(key, f"expected a number, got {val!r}") from None
+            table[key] = int(num) if key == "error_status" and num.is_integer() else num
+        return fault_profile(table)
+    except FaultError as e:
+        raise ValueError(f"--tier {text!r}: {e}") from None
+
+
+def faults_from_dict(d: dict, name: str) -> FaultProfile:
+    """A tier table's faults: its `faults` table and the options of a `profile` string (not both)."""
+    given, prof = d.get("faults"), d.get("profile")
+    opts = isinstance(prof, str) and "," in prof
+    if given is not None and opts:
+        raise ValueError(f"tier {name!r}: give faults in 'faults' or in the profile string, not both")
+    if opts:
+        return tier_faults(prof)
+    if given is None:
+        return NO_FAULTS
+    try:
+        return fault_profile(given)
+    except FaultError as e:
+        raise ValueError(f"tier {name!r}: faults.{e}") from None
+
+
 def parse_tier(text: str) -> NetworkProfile:
-    """`NAME` (a built-in profile) or `NAME:RTT_MS` (a fixed round-trip time), as `--tier` takes."""
-    s = (text or "").strip()
+    """`NAME` (a built-in profile) or `NAME:RTT_MS` (a fixed round-trip time), as `--tier` takes;
+    fault options after commas are checked here (ValueError naming them) and read by tier_faults."""
+    tier_faults(text)
+    s = (text or "").split(",", 1)[0].strip()
     usage = f"--tier {text!r}: expected a built-in profile ({', '.join(BUILTIN)}) or NAME:RTT_MS (e.g. lab:50)"
     if not s:
         raise ValueError(usage)
@@ -196,7 +323,7 @@ def _num(d: dict, key: str, name: str) -> float | None:
 
 
 TIER_KEYS = {"name", "url", "upstream", "model", "price_per_m_prompt", "price_per_m_output", "api_key_env",
-             "profile", "rtt_ms", "rtt_p5_ms", "rtt_p95_ms", "jitter_ms", "bandwidth_mbps"}
+             "profile", "rtt_ms", "rtt_p5_ms", "rtt_p95_ms", "jitter_ms", "bandwidth_mbps", "faults"}
 
 
 @dataclass
@@ -209,6 +336,7 @@ class Tier:
     price_per_m_prompt: float = 0.0
     price_per_m_output: float = 0.0
     api_key_env: str | None = None
+    faults: FaultProfile = NO_FAULTS  # what the gateway injects on purpose
     extra: dict = field(default_factory=dict)  # unknown keys of the table, kept for policies
 
     def __post_init__(self) -> None:
@@ -235,7 +363,8 @@ class Tier:
         if model is not None and not isinstance(model, str):
             raise ValueError(f"tier {name!r}: 'model' must be a string")
         return cls(name, profile_from_dict(d, name), url, model, api_key_env=d.get("api_key_env"),
-                   extra={k: v for k, v in d.items() if k not in TIER_KEYS}, **prices)
+                   faults=faults_from_dict(d, name), extra={k: v for k, v in d.items() if k not in TIER_KEYS},
+                   **prices)
 
     def to_dict(self) -> dict:
         net = self.network.to_dict()
@@ -247,6 +376,8 @@ class Tier:
         out["price_per_m_output"] = self.price_per_m_output
         if self.api_key_env:
             out["api_key_env"] = self.api_key_env
+        if self.faults.active:
+            out["faults"] = self.faults.to_dict()
         out.update(self.extra)
         return out
 

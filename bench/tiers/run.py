@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.load.early_stop import EarlyStopWatch
 from bench.load.runner import Endpoint, progress_bar, record_unsent_calls, run_load
+from bench.tiers.network import FAULT_NAMES
 from engines.launch import Server, counter_delta
 
 
@@ -68,7 +69,10 @@ def run_tiers(spec, plans, out: Path, rd, progress: bool, log) -> list[dict]:
                     es.stop()
                     bar.close()
             result.update({"wall_s": round(time.monotonic() - t_rep, 2), "tier": "", "gateway_log": gw.log_path.name,
+                           "gateway_calls": gw.call_log.name,
                            "engine_counters": {n: counter_delta(before[n], s.counters()) for n, s in servers.items()}})
+            if any(t.faults.active for t in tiers):
+                result["faults"] = fault_counts(gw.calls())
             if died.is_set():
                 result["not_sent"] = record_unsent_calls(spec, plans, out, name, "",
                                                     "not sent: a server or the tier gateway died mid-run")
@@ -88,6 +92,15 @@ def run_tiers(spec, plans, out: Path, rd, progress: bool, log) -> list[dict]:
             server.stop()
         rd.save()
     return results
+
+
+def fault_counts(calls: list[dict]) -> dict[str, int]:
+    """Calls and injected faults of each kind in a gateway's call log."""
+    out = {"calls": len(calls), **{k: 0 for k in FAULT_NAMES}}
+    for c in calls:
+        for f in c.get("faults") or ():
+            out[f] = out.get(f, 0) + 1
+    return out
 
 
 def tier_summaries(df, st, summary: dict, rd, spec, ideal) -> None:

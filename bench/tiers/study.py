@@ -7,6 +7,10 @@ machine's CPU speed), and the value under the real traces' shapes (calls per ses
 tool/think time after each call, from the bundled profiles fitted to the WEKA Claude Code trace
 and the SWE-agent runs), with a verdict and its reason where they disagree.
 
+Beside the claims, per scenario with injected faults (a tier's `faults`), what they cost: the
+count of each kind from the gateway's call log and their effect on the sessions' makespans
+(fault_effect).
+
 Written by `tierbench run` as claims.json in the run directory of any run through tiers; the
 report shows it. Scenario names are free; the claims look for scenarios by what they routed
 (every call central, every call edge, a mix), and the tiers by their round-trip times.
@@ -44,7 +48,54 @@ def real_shapes(sessions: int = 400, seed: int = 0) -> dict[str, dict]:
     return out
 
 
-def _scenario_table(df: pd.DataFrame, st: pd.DataFrame, tiers: list[dict]) -> dict[str, dict]:
+def fault_effect(calls: list[dict], sessions: pd.DataFrame) -> dict | None:
+    """Injected faults of one scenario (its gateway's call log) and what they cost its sessions
+    (`sessions`: its rows of the sessions table): the count of each kind, the sessions hit, the
+    time each session lost to them (a stall's and a spike's added time; a reset or error call's
+    time from its request to its failure, as the gateway saw it: the work lost, before any retry)
+    beside its makespan, and the makespan p50 of sessions hit and of clean ones. None without faults."""
+    from bench.tiers.network import FAULT_NAMES
+
+    if not any(c.get("faults") for c in calls):
+        return None
+    counts = {k: sum(k in (c.get("faults") or ()) for c in calls) for k in FAULT_NAMES}
+    lost: dict[str, float] = {}
+    for c in calls:
+        f = c.get("faults") or ()
+        if not f:
+            continue
+        t = (c.get("fault_ms") or 0.0) / 1e3
+        if ("reset" in f or "error" in f) and c.get("done") is not None and c.get("received") is not None:
+            t += c["done"] - c["received"]
+        lost[str(c.get("session"))] = lost.get(str(c.get("session")), 0.0) + t
+    ms = sessions.set_index(sessions["session"].astype(str))["makespan_s"].astype(float)
+    hit = ms.index.isin(list(lost))
+    lost_s = np.array([lost.get(k, 0.0) for k in ms.index])
+
+    def p50(x: pd.Series) -> float | None:
+        return float(np.percentile(x, 50)) if len(x) else None
+
+    return {"calls": len(calls), **counts, "sessions": int(len(ms)), "sessions_hit": int(hit.sum()),
+            "lost_per_session_s": float(lost_s.mean()) if len(ms) else None,
+            "lost_share_of_makespan": float(lost_s.sum() / ms.sum()) if len(ms) and ms.sum() > 0 else None,
+            "makespan_p50_hit_s": p50(ms[hit]), "makespan_p50_clean_s": p50(ms[~hit])}
+
+
+def gateway_calls(out: Path, info: dict) -> dict[str, list[dict]]:
+    """Each scenario's gateway call log records (read from the run directory)."""
+    from analysis.records import read_jsonl
+
+    calls: dict[str, list[dict]] = {}
+    for name, eng in (info.get("engines") or {}).items():
+        for rep in eng.get("repetitions") or []:
+            path = Path(out) / rep["gateway_calls"] if rep.get("gateway_calls") else None
+            if path is not None and path.exists():
+                calls.setdefault(name, []).extend(read_jsonl(path))
+    return calls
+
+
+def _scenario_table(df: pd.DataFrame, st: pd.DataFrame, tiers: list[dict],
+                    calls: dict[str, list[dict]] | None = None) -> dict[str, dict]:
     """Per scenario: sessions, calls per session, share of calls per tier, and per session the
     mean network, inference (queueing + prefill + decode) and tool time, makespan p50/p99 with
     95% intervals (each session its own unit)."""
@@ -72,6 +123,9 @@ def _scenario_table(df: pd.DataFrame, st: pd.DataFrame, tiers: list[dict]) -> di
             "tool_per_session_s": float(ss["tool_s"].mean()),
             "makespan_p50_s": p50.to_dict(), "makespan_p99_s": p99.to_dict(),
         }
+        effect = fault_effect((calls or {}).get(name, []), ss)
+        if effect is not None:
+            out[name]["faults"] = effect
     return out
 
 
@@ -85,10 +139,12 @@ def _pick(scen: dict[str, dict], central: str | None, edge: str | None) -> tuple
     return allc, alle, oracle
 
 
-def claims(df: pd.DataFrame, st: pd.DataFrame, info: dict, shapes: dict[str, dict] | None = None) -> dict:
-    """The claims table of a run through tiers (see the module doc)."""
+def claims(df: pd.DataFrame, st: pd.DataFrame, info: dict, shapes: dict[str, dict] | None = None,
+           calls: dict[str, list[dict]] | None = None) -> dict:
+    """The claims table of a run through tiers (see the module doc); `calls`: each scenario's
+    gateway call log, for the faults' effect."""
     tiers = info.get("tiers", [])
-    scen = _scenario_table(df, st, tiers)
+    scen = _scenario_table(df, st, tiers, calls)
     rtt50 = {}
     for s in scen.values():
         for t, v in s["tiers"].items():
@@ -192,5 +248,6 @@ def claims(df: pd.DataFrame, st: pd.DataFrame, info: dict, shapes: dict[str, dic
 
 def write_claims(out: Path, df: pd.DataFrame, st: pd.DataFrame, info: dict) -> Path:
     path = Path(out) / "claims.json"
-    path.write_text(json.dumps(claims(df, st, info), indent=2, default=float) + "\n", encoding="utf-8")
+    data = claims(df, st, info, calls=gateway_calls(out, info))
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
     return path

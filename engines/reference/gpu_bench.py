@@ -11,8 +11,8 @@ cannot start before its cap is recorded as {"skipped": "time"}, an error as {"er
 and the run goes on. Prints a table and writes JSON (default results/h100/engine.json) with the
 headline keys decode_ms_bs1_ctx1024, offline_req_per_s_1024_128, hf_speedup_bs64 and
 agentic_prefix_hit_vs_ideal (null when their stage did not finish), the table, every stage's
-figures, and provenance (commit, GPU, driver, torch and triton versions, date, command; where
-the working copy has no git, the commit comes from $TIERBENCH_COMMIT).
+figures, and provenance (commit, GPU, driver, torch and triton versions, date, command; the
+commit comes from $TIERBENCH_COMMIT when it is set, else from git).
 """
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def environment(device, command: str) -> dict:
 
     prov = provenance(command)
     versions = prov["environment"]["versions"]
-    prov.update({"commit": prov["git_commit"] or os.environ.get("TIERBENCH_COMMIT"), "command": command,
+    # a copy of the tree on another machine may carry a stale .git: the commit named by the caller wins
+    prov.update({"commit": os.environ.get("TIERBENCH_COMMIT") or prov["git_commit"], "command": command,
                  "torch": torch.__version__, "triton": versions.get("triton"),
                  "transformers": versions.get("transformers"), "cuda": torch.version.cuda, "device": device.type,
                  "gpu_name": None, "driver": None})

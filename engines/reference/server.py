@@ -13,6 +13,13 @@ The rest of the server, by module: tokenizer.py (tokenizer, chat template, incre
 detokenization), engine_loop.py (the engine thread and one request in flight: queues, stop
 strings, aborts), sse.py (the streaming response), metrics.py (/metrics), api_protocol.py (request
 validation and response bodies; what is rejected).
+
+Under abuse (tests/engines/reference/test_server_abuse.py, tools/abuse_soak.py): it binds loopback
+unless --host says otherwise; an API key is compared in constant time (hmac.compare_digest); a body
+over --max-body-size (4 MiB) gets 413, at once when Content-Length says so; a client that goes away
+mid-stream aborts its request, which frees its KV blocks. Connections that send nothing (slowloris)
+cost uvicorn a descriptor and a protocol object each, no timer or worker: the open-file limit is
+raised to the hard one at start, and 1,000 of them leave a concurrent stream's TTFT alone.
 """
 # No `from __future__ import annotations`: FastAPI resolves the handlers' `Request` annotation at
 # runtime, and fastapi is imported inside build_app so that the CLI can import this module cheaply.
@@ -43,7 +50,8 @@ from engines.reference.api_protocol import (
 from engines.reference.engine_loop import EngineLoop, Generation
 from engines.reference.metrics import ServerMetrics, render_metrics
 from engines.reference.scheduler import QueueFullError
-from engines.reference.serve_args import add_serve_arguments, engine_overrides_from_args
+from engines.process import raise_fd_limit
+from engines.reference.serve_args import MAX_BODY_BYTES, add_serve_arguments, engine_overrides_from_args
 from engines.reference.sse import SSEResponse, sse_stream
 from engines.reference.tokenizer import ServerTokenizer, prompt_token_ids, tokenizer_vocab_size
 
@@ -56,8 +64,9 @@ class _Server:
     """State shared by the handlers of one app."""
 
     def __init__(self, engine: Any, tokenizer: Any, model_name: str, api_key: str | None,
-                 model_aliases: tuple[str, ...]) -> None:
+                 model_aliases: tuple[str, ...], max_body: int = MAX_BODY_BYTES) -> None:
         self.engine = engine
+        self.max_body = max_body
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.model_names = {model_name, *model_aliases}
@@ -75,17 +84,18 @@ class _Server:
 
 
 def build_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None = None, *,
-              model_aliases: tuple[str, ...] | list[str] = ()):
+              model_aliases: tuple[str, ...] | list[str] = (), max_body: int = MAX_BODY_BYTES):
     """A FastAPI app serving `engine` (an LLMEngine; its step loop starts with the app and stops
     with it). `tokenizer`: a ServerTokenizer or a transformers tokenizer. Requests may name
-    `model_name` or any of `model_aliases` (or no model)."""
+    `model_name` or any of `model_aliases` (or no model); a body over `max_body` bytes gets 413.
+    An API key, when set, is compared in constant time (hmac.compare_digest)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    srv = _Server(engine, tokenizer, model_name, api_key or None, tuple(model_aliases))
+    srv = _Server(engine, tokenizer, model_name, api_key or None, tuple(model_aliases), max_body)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -172,7 +182,7 @@ def build_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None 
 
     async def handle(request: Request, chat: bool):
         arrival = time.monotonic()
-        raw = await request.body()
+        raw = await read_body(request, srv.max_body)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -249,18 +259,34 @@ def build_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None 
     return app
 
 
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request body; APIError 413 once it is over `limit` bytes, at once when Content-Length
+    says so (what was not read is left to the server to discard)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise APIError(f"request body of {int(length)} bytes over the limit of {limit}", 413, "RequestTooLargeError")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(f"request body over the limit of {limit} bytes", 413, "RequestTooLargeError")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def run_from_args(args: argparse.Namespace) -> None:
     """serve() with the options of serve_args.add_serve_arguments: `tierbench serve` and
     `python -m engines.reference.server` share them."""
     serve(args.model, host=args.host, port=args.port, max_model_len=args.max_model_len, api_key=args.api_key,
           engine_overrides=engine_overrides_from_args(args), served_model_name=args.served_model_name,
-          tokenizer_dir=args.tokenizer, log_level=args.log_level)
+          tokenizer_dir=args.tokenizer, log_level=args.log_level, max_body=args.max_body_size)
 
 
 def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
           api_key: str | None = None, engine_overrides: dict | None = None, *, served_model_name: str | None = None,
-          tokenizer_dir: str | os.PathLike | None = None, log_level: str = "warning") -> None:
-    """Load the engine and serve it until interrupted."""
+          tokenizer_dir: str | os.PathLike | None = None, log_level: str = "warning",
+          max_body: int = MAX_BODY_BYTES) -> None:
+    """Load the engine and serve it until interrupted. Binds loopback unless `host` says otherwise."""
     import uvicorn
 
     from engines.reference.config import EngineConfig
@@ -274,9 +300,10 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
     engine = LLMEngine(config)
     name = served_model_name or model
     aliases = [model, str(Path(model).resolve()), Path(model).name]
-    app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases)
+    app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body)
     log.warning("serving %s on http://%s:%d (max_model_len %d, %d KV blocks of %d)", name, host, port,
                 engine.max_model_len, engine.pool.num_blocks, config.block_size)
+    raise_fd_limit()  # every idle client connection holds a descriptor
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                 timeout_graceful_shutdown=5)
 

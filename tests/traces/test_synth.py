@@ -14,7 +14,7 @@ from traces.fit import fit_profile, fit_quantiles
 from traces.load import load_trace
 from traces.model import COMPLEXITIES, STOP_END, STOP_TOOL, Call, Session, Trace
 from traces.profile import KNOTS, Profile, Quantiles, scale_profile
-from traces.stats import _lcp, call_series, trace_stats
+from traces.stats import common_prefix_len, call_series, trace_stats
 from traces.synth import _Ids, bundled_profiles, draw_session, load_profile, synthesize
 
 
@@ -200,7 +200,7 @@ def test_subagents_have_parents(coding):
         assert s.start_s == parent.calls[s.parent_call].arrival_s
         assert s.calls[0].think_s is None
         # a subagent has its own system prompt: no blocks shared with its parent's first call
-        assert _lcp(s.calls[0].hash_ids, parent.calls[0].hash_ids) == 0
+        assert common_prefix_len(s.calls[0].hash_ids, parent.calls[0].hash_ids) == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def test_hash_prefix_sharing_equals_kept_tokens(coding):
         for k in range(1, len(s.calls)):
             a, b = s.calls[k - 1], s.calls[k]
             assert kept[k] % bs == 0
-            assert _lcp(b.hash_ids, a.hash_ids) * bs == kept[k]
+            assert common_prefix_len(b.hash_ids, a.hash_ids) * bs == kept[k]
             kinds["full" if kept[k] == (a.prompt_tokens // bs) * bs else "partial"] += 1
     assert kinds["full"] > 10 * kinds["partial"] > 0
     # ... and stats sees exactly that reuse
@@ -232,7 +232,7 @@ def test_shared_prefix_is_shared_across_sessions(coding):
     first = top[0].calls[0].hash_ids[:n]
     for s in top:
         assert np.array_equal(s.calls[0].hash_ids[:n], first)
-        assert _lcp(s.calls[0].hash_ids, top[0].calls[0].hash_ids if s is not top[0] else top[1].calls[0].hash_ids) == n
+        assert common_prefix_len(s.calls[0].hash_ids, top[0].calls[0].hash_ids if s is not top[0] else top[1].calls[0].hash_ids) == n
     # every id after the shared prefix is the session's own
     owned = [set(np.concatenate([c.hash_ids for c in s.calls]).tolist()) - set(first.tolist()) for s in top]
     assert sum(len(o) for o in owned) == len(set().union(*owned))

@@ -1,16 +1,17 @@
 """The tier gateway: a real HTTP proxy, in its own process, in front of each tier's engine. Calls
 arrive at one URL; a routing policy picks the tier; the gateway injects the tier's network delay
-and records the decision with the call.
+(and, where a tier asks for them, faults) and records the decision with the call.
 
     python -m bench.tiers.gateway --config gateway.json --port 9000 [--host 127.0.0.1] [--log calls.jsonl]
 
 Modules, in the order a call meets them:
 
-    config.py    the config: tiers, routing table, seed (load_config, gateway_config, build_policy)
-    proxy.py     the proxy (Gateway): endpoints, routing, the call log; serve() runs it
-    http1.py     HTTP/1.1 parsing: header blocks, chunked framing, error bodies
-    upstream.py  the keep-alive connection pool to each tier's engine
-    relay.py     a routed call's request upstream and its answer back
+    config.py    the config: tiers, routing table, seed, body limit (load_config, gateway_config,
+                 build_policy)
+    proxy.py     the proxy (Gateway): endpoints, routing, faults, the call log; serve() runs it
+    http1.py     HTTP/1.1 requests parsed by llhttp (httptools), their limits, chunked framing, error bodies
+    upstream.py  the keep-alive connection pool to each tier's engine; its answers parsed by llhttp
+    relay.py     a routed call's request upstream and its answer back (where a reset or stall strikes)
     delay.py     the injected delay: Link (when), Timers (sub-millisecond sleeps), Downlink (writes)
     process.py   GatewayProcess: the gateway in its own process (a free port, waits for /health,
                  stops on every exit path)
@@ -32,10 +33,20 @@ A non-streamed body is returned RTT/2 after upstream's answer is complete. A pro
 adds uniform(-j, +j) to each transfer's delay, its bandwidth bytes * 8 / rate (transfers queue on
 the link).
 
+Faults (a tier's `faults`, bench/tiers/network.py FaultProfile): drawn per call from their own
+seeded RNG, only on a tier that has some (a tier without faults draws nothing and adds nothing). A
+spike adds spike_ms to the call's RTT; an error answers error_status without calling the engine,
+one RTT after the request; a stall holds everything after the first chunk of a stream's body (a
+whole answer: the answer) stall_ms longer; a reset sends that first chunk, then resets the
+connection (TCP RST) where the rest would have gone out (a whole answer: in its place) and closes the
+upstream connection, so the engine aborts the request.
+
 The decision travels with the response: headers x-tierbench-tier, x-tierbench-rtt-ms (the drawn
-RTT) and x-tierbench-route-reason; upstream's bytes are forwarded unchanged (an SSE stream's
-chunked framing included). `--log PATH` appends one JSON line per call: request_id, session,
-call_index, tier, rtt_ms, reason, status, stream, error, and perf_counter timestamps (received,
+RTT, a spike included), x-tierbench-route-reason and, on a call with injected faults,
+x-tierbench-faults (e.g. "stall,spike"). Upstream's header fields and body are forwarded as they
+are; a stream is re-framed in chunks as its pieces arrive. `--log PATH` appends one JSON line per
+call: request_id, session, call_index, tier, rtt_ms, reason, status, stream, error, faults (the
+injected ones: [] or some of "reset", "stall", "error", "spike"), and perf_counter timestamps (received,
 upstream_sent, upstream_first (the first body bytes from upstream), first_out (their delivery),
 done) plus wall-clock `time`; with --trace-chunks also every piece's arrival and delivery time
 (`chunks_in`, `chunks_out`).
@@ -44,15 +55,20 @@ Errors: an unreachable upstream gives 502, an upstream error status is passed ba
 OpenAI-style error body ({"error": {"message", "type", "code"}}); upstream's own JSON error body
 is kept as it is.
 
+Requests: HTTP/1.1 (keep-alive, pipelining, Content-Length or chunked bodies) parsed by llhttp; a
+malformed one (bad chunk size, header flood, both Content-Length and Transfer-Encoding, ...) gets
+400 and a closed connection, a body over max_body_bytes (4 MiB by default) 413. A request under
+way whose next bytes take over 60 s is dropped; idle connections cost a file descriptor and stay.
+
 Implementation: plain asyncio streams (uvloop when installed) on both sides, one keep-alive
-connection pool per upstream, no timeouts on streams, no access log; bytes are forwarded as they
-are read without re-parsing (only the chunked framing is tracked, to find the end).
+connection pool per upstream, no timeouts on streams, no access log; every read from upstream is
+parsed and its body pieces go out at once, with no task switch in between.
 """
-from bench.tiers.gateway.config import build_policy, gateway_config, load_config
+from bench.tiers.gateway.config import GatewayConfig, build_policy, gateway_config, load_config
 from bench.tiers.gateway.delay import Downlink, Link, Timers
-from bench.tiers.gateway.http1 import ChunkedEnd, HTTPError
+from bench.tiers.gateway.http1 import HTTPError, RequestParser
 from bench.tiers.gateway.process import GatewayProcess
 from bench.tiers.gateway.proxy import Gateway, serve
 
-__all__ = ["GatewayProcess", "gateway_config", "load_config", "build_policy", "Gateway", "serve", "Link",
-           "Downlink", "Timers", "ChunkedEnd", "HTTPError"]
+__all__ = ["GatewayProcess", "GatewayConfig", "gateway_config", "load_config", "build_policy", "Gateway", "serve",
+           "Link", "Downlink", "Timers", "RequestParser", "HTTPError"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import os
+import socket
+import struct
 import time
 from collections import deque
 
@@ -105,8 +107,9 @@ class Link:
 
 
 class Downlink:
-    """Writes pieces to the client at their due times, in order; at once when already due."""
-    __slots__ = ("writer", "transport", "timers", "q", "task", "trace", "first_out", "error")
+    """Writes pieces to the client at their due times, in order; at once when already due. An
+    injected reset (`reset`) goes in the same queue: at its time the connection is reset (RST)."""
+    __slots__ = ("writer", "transport", "timers", "q", "task", "trace", "first_out", "error", "was_reset")
 
     def __init__(self, writer: asyncio.StreamWriter, timers: Timers, trace: list | None):
         self.writer, self.timers = writer, timers
@@ -116,9 +119,15 @@ class Downlink:
         self.trace = trace
         self.first_out: float | None = None
         self.error: BaseException | None = None
+        self.was_reset = False
 
-    def send(self, data: bytes, due: float, body: bool = True, now: float | None = None) -> None:
-        """Deliver data at `due` (perf_counter); `now`, when the caller has it, saves a clock read."""
+    def reset(self, due: float) -> None:
+        """Reset the connection at `due`, after what was sent before."""
+        self.send(None, due, False)
+
+    def send(self, data: bytes | None, due: float, body: bool = True, now: float | None = None) -> None:
+        """Deliver data at `due` (perf_counter); `now`, when the caller has it, saves a clock read;
+        None: the reset."""
         if self.error is not None:
             raise self.error
         if not self.q and due <= (now if now is not None else time.perf_counter()):
@@ -128,10 +137,13 @@ class Downlink:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
-    def _write(self, data: bytes, body: bool) -> None:
+    def _write(self, data: bytes | None, body: bool) -> None:
         t = self.transport
         if t.is_closing():
             raise ConnectionResetError("the client went away")
+        if data is None:
+            self._reset()
+            return
         try:
             t.write(data)
         except RuntimeError as e:  # uvloop: the handle is closed
@@ -158,12 +170,23 @@ class Downlink:
         finally:
             self.task = None
 
+    def _reset(self) -> None:
+        """Close with SO_LINGER 0: the kernel sends RST and drops what was not sent."""
+        sock = self.transport.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+        self.was_reset = True
+        self.transport.abort()
+
     async def flush(self) -> None:
         while self.task is not None:
             await asyncio.shield(self.task)
         if self.error is not None:
             raise self.error
-        await self.writer.drain()
+        if not self.was_reset:
+            await self.writer.drain()
 
     def cancel(self) -> None:
         if self.task is not None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -32,8 +33,8 @@ class GatewayProcess(ChildProcess):
                  wait_upstreams: bool = True):
         if isinstance(config, list):
             config = gateway_config(config)
-        tiers, routing, _ = load_config(config)  # fail here on a bad config, not in the child
-        build_policy(routing, tiers)
+        cfg = load_config(config)  # fail here on a bad config, not in the child
+        build_policy(cfg.routing, cfg.tiers)
         self.config = config
         self.name, self.host = name, host
         self.log_dir = Path(log_dir)
@@ -82,9 +83,16 @@ class GatewayProcess(ChildProcess):
     def stop(self, timeout_s: float = 10.0) -> None:
         stop_group(self.proc, ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)))
 
-    def calls(self) -> list[dict]:
-        """The per-call log's records so far."""
-        if self.call_log is None or not self.call_log.exists():
-            return []
-        with open(self.call_log, "rb") as f:
-            return [orjson.loads(line) for line in f if line.endswith(b"\n")]
+    def calls(self, at_least: int = 0, timeout_s: float = 10.0) -> list[dict]:
+        """The per-call log's records so far; with `at_least`, once there are that many (or after
+        timeout_s): a call's record is written just after its last byte went out, so its client
+        can be done a moment before."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = []
+            if self.call_log is not None and self.call_log.exists():
+                with open(self.call_log, "rb") as f:
+                    rows = [orjson.loads(line) for line in f if line.endswith(b"\n")]
+            if len(rows) >= at_least or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)

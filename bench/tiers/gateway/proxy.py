@@ -18,33 +18,40 @@ import time
 
 import orjson
 
-from bench.tiers.gateway.config import gateway_config
+from bench.tiers.gateway.config import GatewayConfig, gateway_config
 from bench.tiers.gateway.delay import Downlink, Link, Timers
-from bench.tiers.gateway.http1 import (HEAD_LIMIT, REASONS, HTTPError, error_body, header_value, no_delay, parse_head,
-                                       read_chunked_body)
+from bench.tiers.gateway.http1 import (REASONS, HTTPError, Request, RequestParser, error_body, header_value,
+                                       no_delay)
 from bench.tiers.gateway.relay import relay, send_upstream
 from bench.tiers.gateway.upstream import Upstream
-from bench.tiers.network import Tier, rng_for
+from bench.tiers.network import rng_for
 from bench.tiers.routing import CallInfo, call_info_from_request
+from engines.process import raise_fd_limit
+
+READ_SIZE = 64 << 10
+MID_REQUEST_TIMEOUT_S = 60.0  # a request under way whose next bytes take longer is dropped (slowloris)
+LINGER_S, LINGER_BYTES = 2.0, 64 << 20
 
 
 class Gateway:
-    """One gateway's state: its tiers, their upstream pools and seeded RTT draws, the policy, the
-    call log. `handle` serves one client connection."""
+    """One gateway's state: its tiers, their upstream pools, seeded RTT and fault draws, the policy,
+    the call log. `handle` serves one client connection."""
 
-    def __init__(self, tiers: list[Tier], policy, seed: int = 0, log_path: str | None = None,
-                 trace_chunks: bool = False, config: dict | None = None):
+    def __init__(self, cfg: GatewayConfig, policy, log_path: str | None = None, trace_chunks: bool = False):
+        tiers, seed = cfg.tiers, cfg.seed
         self.tiers = {t.name: t for t in tiers}
         self.order = [t.name for t in tiers]
         self.policy = policy
         self.seed = seed
         self.rngs = {t.name: rng_for(seed, t.name) for t in tiers}
         self.jitter_rngs = {t.name: rng_for(seed + 1_000_003, t.name) for t in tiers}
+        self.fault_rngs = {t.name: rng_for(seed + 2_000_003, t.name) for t in tiers if t.faults.active}
         self.upstreams = {t.name: Upstream(t.url, os.environ.get(t.api_key_env) if t.api_key_env else None)
                           for t in tiers}
         self.log = open(log_path, "ab", buffering=0) if log_path else None
         self.trace_chunks = trace_chunks
-        self.config = config if config is not None else gateway_config(tiers, None, seed)
+        self.config = gateway_config(tiers, cfg.routing, seed, cfg.max_body_bytes)
+        self.max_body = cfg.max_body_bytes
         self.observe = getattr(policy, "observe", None)
         self.calls = 0
         self.timers: Timers | None = None  # made in the event loop, on first use
@@ -52,50 +59,37 @@ class Gateway:
     # -- connection loop -----------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         no_delay(writer.get_extra_info("socket"))
+        rp = RequestParser(self.max_body)
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.LimitOverrunError:
-                    err = error_body(431, "request headers too large", "invalid_request_error")
-                    await self._respond(writer, 431, err, close=True)
-                    return
-                received = time.perf_counter()
-                first, hs = parse_head(head)
-                parts = first.split(" ")
-                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                    await self._respond(writer, 400, error_body(400, "malformed request line", "invalid_request_error"),
-                                        close=True)
-                    return
-                method, target, version = parts
-                h = {k.decode("latin-1"): v.decode("latin-1") for k, v in hs}
-                conn_hdr = h.get("connection", "").lower()
-                keep = "close" not in conn_hdr if version == "HTTP/1.1" else "keep-alive" in conn_hdr
-                if h.get("expect", "").lower() == "100-continue":
-                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                try:
-                    if "chunked" in h.get("transfer-encoding", "").lower():
-                        body = await read_chunked_body(reader, 256 << 20)
+                while not rp.ready:
+                    if rp.error is not None:
+                        e = rp.error
+                        await self._respond(writer, e.status, error_body(e.status, e.message, e.kind), close=True)
+                        await _linger(reader, writer)
+                        return
+                    if rp.continue_due:
+                        rp.continue_due = False
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    if rp.pending:  # a request under way: its next bytes are due
+                        data = await asyncio.wait_for(reader.read(READ_SIZE), MID_REQUEST_TIMEOUT_S)
                     else:
-                        try:
-                            length = int(h.get("content-length") or 0)
-                        except ValueError:
-                            raise HTTPError(400, "malformed Content-Length") from None
-                        body = await reader.readexactly(length)
-                except HTTPError as e:
-                    await self._respond(writer, e.status, error_body(e.status, e.message, e.kind), close=True)
-                    return
-                received = time.perf_counter() if body else received
-                path = target.split("?", 1)[0]
+                        data = await reader.read(READ_SIZE)
+                    if not data:
+                        return
+                    rp.feed(data)
+                req = rp.ready.popleft()
                 try:
-                    keep = await self.dispatch(method, path, hs, h, body, writer, received, keep)
+                    keep = await self.dispatch(req, writer)
                 except HTTPError as e:
+                    keep = req.keep_alive
                     await self._respond(writer, e.status, error_body(e.status, e.message, e.kind), close=not keep)
                 if not keep:
                     return
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, ValueError):
+        except (asyncio.TimeoutError, ConnectionError, OSError):
             pass
         finally:
+            rp.close()
             writer.close()
 
     async def _respond(self, writer, status: int, body: bytes, close: bool = False,
@@ -105,11 +99,12 @@ class Gateway:
             b"connection: close\r\n" if close else b"", body))
         await writer.drain()
 
-    async def dispatch(self, method, path, hs, h, body, writer, received, keep) -> bool:
+    async def dispatch(self, req: Request, writer) -> bool:
+        method, path, keep = req.method, req.path, req.keep_alive
         if path in ("/v1/completions", "/v1/chat/completions"):
             if method != "POST":
                 raise HTTPError(405, f"{method} {path}: use POST")
-            return await self.proxy(path, hs, h, body, writer, received, keep)
+            return await self.proxy(req, writer)
         if method != "GET":
             known = path in ("/health", "/tiers", "/v1/models")
             raise HTTPError(405 if known else 404, f"{method} {path}: not found")
@@ -189,44 +184,58 @@ class Gateway:
             raise HTTPError(500, f"routing policy chose unknown tier {name!r}", "internal_error")
         return name, str(reason)
 
-    async def proxy(self, path, hs, h, body, writer, received, keep) -> bool:
+    async def proxy(self, req: Request, writer) -> bool:
+        h, keep, body = req.h, req.keep_alive, req.body
         try:
-            req = orjson.loads(body)
-            if not isinstance(req, dict):
+            call = orjson.loads(body)
+            if not isinstance(call, dict):
                 raise ValueError("not an object")
         except ValueError as e:
             raise HTTPError(400, f"the request body is not a JSON object: {e}") from None
         try:
-            info = call_info_from_request(req, h)
+            info = call_info_from_request(call, h)
         except Exception as e:
             raise HTTPError(400, f"cannot read the request for routing: {type(e).__name__}: {e}") from None
         name, reason = await self.route(info, h)
         tier = self.tiers[name]
-        if tier.model and req.get("model") != tier.model:
-            req["model"] = tier.model
-            body = orjson.dumps(req)
+        if tier.model and call.get("model") != tier.model:
+            call["model"] = tier.model
+            body = orjson.dumps(call)
         net = tier.network
         rtt = net.draw_rtt_s(self.rngs[name])
+        strike, faults, fault_ms, extra = None, [], 0.0, b""
+        if name in self.fault_rngs:  # faults on purpose: nothing of this with none configured
+            fp = tier.faults
+            strike, spike = fp.draw(self.fault_rngs[name])
+            faults = [strike] * (strike is not None) + ["spike"] * spike
+            fault_ms = fp.spike_ms * spike + fp.stall_ms * (strike == "stall")
+            rtt += fp.spike_ms / 1e3 if spike else 0.0
+            extra = b"x-tierbench-faults: %s\r\n" % ",".join(faults).encode() if faults else b""
         jrng = self.jitter_rngs[name]
         up = self.upstreams[name]
         rec = {"time": time.time(), "request_id": h.get("x-request-id"), "session": info.session,
-               "call_index": info.call_index, "tier": name, "rtt_ms": rtt * 1e3, "reason": reason, "path": path,
-               "stream": bool(req.get("stream")), "status": None, "error": None, "received": received,
-               "upstream_sent": None, "upstream_first": None, "first_out": None, "done": None}
+               "call_index": info.call_index, "tier": name, "rtt_ms": rtt * 1e3, "reason": reason, "path": req.path,
+               "stream": bool(call.get("stream")), "status": None, "error": None, "faults": faults,
+               "fault_ms": fault_ms, "received": req.received, "upstream_sent": None, "upstream_first": None,
+               "first_out": None, "done": None}
         self.calls += 1
         chunks_in = [] if self.trace_chunks else None
         down = Downlink(writer, self._timers(), [] if self.trace_chunks else None)
         ours = (b"x-tierbench-tier: " + header_value(name) + b"\r\nx-tierbench-rtt-ms: %.3f\r\n" % (rtt * 1e3)
-                + b"x-tierbench-route-reason: " + header_value(reason) + b"\r\n")
+                + b"x-tierbench-route-reason: " + header_value(reason) + b"\r\n" + extra)
         try:
             # uplink: the request reaches the engine RTT/2 after it was read
             uplink = Link(rtt / 2, net, jrng)
-            head = up.request_head("POST", path, hs, len(body))
-            due = uplink.due(received, len(head) + len(body))
+            head = up.request_head("POST", req.path, req.headers, len(body))
+            due = uplink.due(req.received, len(head) + len(body))
             if due > time.perf_counter():
                 await self._timers().sleep_until(due)
-            conn, status, uhead = await send_upstream(up, head, body, rec)
-            keep = await relay(conn, up, status, uhead, ours, down, Link(rtt / 2, net, jrng), rec, chunks_in, keep)
+            if strike == "error":
+                status = tier.faults.error_status
+                raise HTTPError(status, f"injected fault: HTTP {status} from the tier gateway", "injected_fault")
+            conn = await send_upstream(up, head, body, rec)
+            keep = await relay(conn, up, ours, down, Link(rtt / 2, net, jrng), rec, chunks_in, keep, strike,
+                               tier.faults.stall_ms / 1e3)
         except HTTPError as e:
             rec["status"], rec["error"] = e.status, e.message
             if rtt > 0:
@@ -251,9 +260,26 @@ class Gateway:
         return keep
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an error answer, stop writing and read what the client still sends (a while, at most
+    LINGER_BYTES), so that closing does not reset the connection before it has read the answer."""
+    try:
+        writer.write_eof()
+        deadline = time.monotonic() + LINGER_S
+        got = 0
+        while got < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), left)
+            if not data:
+                return
+            got += len(data)
+    except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
+        pass
+
+
 async def serve(gw: Gateway, host: str, port: int, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM or SIGINT; `ready` is set once the port listens."""
-    server = await asyncio.start_server(gw.handle, host, port, backlog=2048, limit=HEAD_LIMIT)
+    raise_fd_limit()  # every idle client connection holds a descriptor
+    server = await asyncio.start_server(gw.handle, host, port, backlog=2048, limit=READ_SIZE)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,7 +288,8 @@ async def serve(gw: Gateway, host: str, port: int, ready: asyncio.Event | None =
         except (NotImplementedError, RuntimeError):
             pass
     print(f"tier gateway on http://{host}:{port}: "
-          + "; ".join(t.network.describe() + f" -> {t.url}" for t in gw.tiers.values()), flush=True)
+          + "; ".join(", ".join(filter(None, (t.network.describe(), t.faults.describe()))) + f" -> {t.url}"
+                      for t in gw.tiers.values()), flush=True)
     gc.freeze()  # what start-up allocated stays out of the collector's way
     if ready is not None:
         ready.set()

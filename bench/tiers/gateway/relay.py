@@ -1,7 +1,8 @@
 """One call's way through the gateway after routing: the request sent on a pooled upstream
 connection, and the answer relayed to the client through the downlink, each piece RTT/2 after it
 arrived. A non-streamed (or error) answer is read whole and delivered RTT/2 after it is complete;
-a stream goes out piece by piece, its chunked framing included."""
+a stream goes out piece by piece as it came, re-framed in chunks. An injected reset or stall
+(`strike`) falls on a stream after the first chunk of its body, on a whole answer in its place."""
 from __future__ import annotations
 
 import asyncio
@@ -10,14 +11,15 @@ import time
 import orjson
 
 from bench.tiers.gateway.delay import Downlink, Link
-from bench.tiers.gateway.http1 import (HOP, REASONS, ChunkedEnd, HTTPError, error_body, error_message, parse_head,
-                                       read_chunked_body)
-from bench.tiers.gateway.upstream import Upstream, UpstreamConn
+from bench.tiers.gateway.http1 import HOP, LAST_CHUNK, REASONS, HTTPError, error_body, error_message, frame
+from bench.tiers.gateway.upstream import Upstream, UpstreamConn, UpstreamError
+
+RESET = "injected fault: connection reset"
 
 
-async def send_upstream(up: Upstream, head: bytes, body: bytes, rec: dict) -> tuple[UpstreamConn, int, bytes]:
-    """Send the request on a pooled connection (a fresh one when a reused one turns out
-    closed before any answer); (connection, status, header block)."""
+async def send_upstream(up: Upstream, head: bytes, body: bytes, rec: dict) -> UpstreamConn:
+    """Send the request on a pooled connection (a fresh one when a reused one turns out closed
+    before any answer); the connection, with the answer's status and header fields read."""
     for attempt in (0, 1):
         conn = up.take_idle() if attempt == 0 else None
         reused = conn is not None
@@ -30,87 +32,78 @@ async def send_upstream(up: Upstream, head: bytes, body: bytes, rec: dict) -> tu
         try:
             rec["upstream_sent"] = time.perf_counter()
             conn.write(head + body)
-            uhead = await conn.readuntil(b"\r\n\r\n")
-        except (OSError, RuntimeError, asyncio.IncompleteReadError) as e:
+            await conn.head()
+        except (OSError, RuntimeError, UpstreamError) as e:
             conn.close()
+            if conn.failure is not None:
+                raise HTTPError(502, f"upstream {up.url}: {conn.failure}", "upstream_error") from None
             if reused:
                 continue
             raise HTTPError(502, f"upstream {up.url} closed the connection: {type(e).__name__}: {e}",
                             "upstream_unreachable") from None
-        except asyncio.LimitOverrunError:
-            conn.close()
-            raise HTTPError(502, f"upstream {up.url}: response headers too large", "upstream_error") from None
-        first = uhead.split(b"\r\n", 1)[0].split(b" ", 2)
-        try:
-            status = int(first[1])
-        except (IndexError, ValueError):
-            conn.close()
-            raise HTTPError(502, f"upstream {up.url}: malformed status line {first!r}", "upstream_error") from None
-        return conn, status, uhead
+        return conn
     raise AssertionError("unreachable")
 
 
-async def relay(conn: UpstreamConn, up: Upstream, status: int, uhead: bytes, ours: bytes, down: Downlink,
-                link: Link, rec: dict, chunks_in: list | None, keep: bool) -> bool:
+async def relay(conn: UpstreamConn, up: Upstream, ours: bytes, down: Downlink, link: Link, rec: dict,
+                chunks_in: list | None, keep: bool, strike: str | None = None, stall_s: float = 0.0) -> bool:
     """Relay upstream's answer to the client with `ours` (the decision headers) added; whether
-    the client's connection stays open."""
+    the client's connection stays open. strike: "reset" or "stall" (stall_s long), or None."""
+    status = conn.status
     rec["status"] = status
-    _, hs = parse_head(uhead)
-    uh = dict(hs)
-    up_keep = b"close" not in uh.get(b"connection", b"").lower()
-    chunked = b"chunked" in uh.get(b"transfer-encoding", b"").lower()
-    length = uh.get(b"content-length")
-    fwd = b"".join(k + b": " + v + b"\r\n" for k, v in hs if k not in HOP)
+    fwd = b"".join(k + b": " + v + b"\r\n" for k, v in conn.headers if k not in HOP)
     status_line = b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Upstream").encode())
     tail = b"" if keep else b"connection: close\r\n"
-    if status >= 400 or not chunked:
+    if status >= 400 or b"chunked" not in conn.header(b"transfer-encoding").lower():
         # not streamed (or an error): read it all, deliver RTT/2 after the answer is complete
         try:
-            if chunked:
-                payload = await read_chunked_body(conn, 256 << 20)
-            elif length is not None:
-                payload = await conn.readexactly(int(length))
-            else:
-                payload = await conn.read()
-                up_keep = False
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            payload = await conn.whole()
+        except UpstreamError as e:
             conn.close()
-            raise HTTPError(502, f"upstream {up.url} broke off its answer: {type(e).__name__}: {e}",
-                            "upstream_error") from None
+            raise HTTPError(502, f"upstream {up.url} broke off its answer: {e}", "upstream_error") from None
         arrived = time.perf_counter()
         rec["upstream_first"] = arrived
         if chunks_in is not None:
             chunks_in.append(arrived)
-        _release(up, conn, up_keep)
+        up.give_back(conn)
         if status >= 400:
             payload = _error_payload(status, payload, up)
-            fwd = b"".join(k + b": " + v + b"\r\n" for k, v in hs if k not in HOP and k != b"content-type")
+            fwd = b"".join(k + b": " + v + b"\r\n" for k, v in conn.headers if k not in HOP and k != b"content-type")
             fwd += b"content-type: application/json\r\n"
             rec["error"] = error_message(payload)
         out = status_line + fwd + ours + b"content-length: %d\r\n" % len(payload) + tail + b"\r\n" + payload
+        if strike == "stall":
+            link.half += stall_s
+        if strike == "reset":
+            down.reset(link.due(arrived, 0))
+            rec["error"] = RESET
+            await down.flush()
+            return False
         down.send(out, link.due(arrived, len(out)))
         await down.flush()
         return keep
     out = status_line + fwd + ours + b"transfer-encoding: chunked\r\n" + tail + b"\r\n"
     down.send(out, link.due(time.perf_counter(), len(out)), body=False)
-    if not await _stream(conn, down, link, rec, chunks_in):
-        conn.close()
-        rec["error"] = "upstream closed the stream before its end"
+    how = await _stream(conn, down, link, rec, chunks_in, strike, stall_s)
+    if how == "end":
+        up.give_back(conn)
         await down.flush()
-        return False  # the client sees a truncated chunked body: close its connection
-    _release(up, conn, up_keep)
+        return keep
+    conn.close()  # the engine sees the disconnect and aborts the request
+    rec["error"] = RESET if how == "reset" else "upstream closed the stream before its end"
     await down.flush()
-    return keep
+    return False  # the client saw a truncated chunked body: its connection closes
 
 
-async def _stream(conn: UpstreamConn, down: Downlink, link: Link, rec: dict, chunks_in: list | None) -> bool:
-    """Every piece of a streamed answer goes out as it came (its chunked framing included), RTT/2
-    after its arrival; the connection's protocol hands it over without a task switch. True when the
-    body ended, False when upstream's connection did first."""
-    done = asyncio.get_running_loop().create_future()
-    end = ChunkedEnd()
+async def _stream(conn: UpstreamConn, down: Downlink, link: Link, rec: dict, chunks_in: list | None,
+                  strike: str | None, stall_s: float) -> str:
+    """Every read's body pieces go out, framed as chunks, RTT/2 after their arrival. "end" when the
+    body ended, "lost" when upstream's connection did first, "reset" when an injected reset cut it."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
     client = down.writer.transport
     upstream = conn.transport
+    first = True  # no chunk of body out yet (tracked for a strike)
 
     def resume() -> None:
         async def wait():
@@ -120,58 +113,51 @@ async def _stream(conn: UpstreamConn, down: Downlink, link: Link, rec: dict, chu
             except (ConnectionError, OSError, RuntimeError) as e:
                 if not done.done():
                     done.set_exception(e)
-        asyncio.get_running_loop().create_task(wait())
+        loop.create_task(wait())
 
-    def sink(data: bytes) -> None:
+    def sink(pieces: list[bytes] | None, complete: bool) -> None:
+        nonlocal first
+        if done.done():
+            return
         try:
-            if not data:  # upstream's connection ended
-                if not done.done():
-                    done.set_result(False)
+            if pieces is None:  # upstream's connection ended first
+                done.set_result("lost")
                 return
             now = time.perf_counter()
             if rec["upstream_first"] is None:
                 rec["upstream_first"] = now
             if chunks_in is not None:
                 chunks_in.append(now)
-            stop = end.feed(data)
-            if stop is None:
-                down.send(data, link.due(now, len(data)), True, now)
-                if client.get_write_buffer_size() > 1 << 20:  # a slow client: stop reading upstream
-                    upstream.pause_reading()
-                    resume()
-                return
-            conn.sink = None
-            if stop < len(data):
-                conn.buf += data[stop:]  # stray bytes: the connection is not reused
-                data = data[:stop]
-            down.send(data, link.due(now, len(data)))
-            if not done.done():
-                done.set_result(True)
+            if strike is not None:
+                if first and pieces:  # the first chunk goes out as it came; the strike falls on what follows
+                    one = frame(pieces[:1])
+                    down.send(one, link.due(now, len(one)), True, now)
+                    first, pieces = False, pieces[1:]
+                    if strike == "stall":
+                        link.half += stall_s
+                if strike == "reset" and (pieces or complete):
+                    down.reset(link.due(now, 0))
+                    done.set_result("reset")
+                    return
+            data = frame(pieces)
+            out = data + LAST_CHUNK if complete else data
+            if out:
+                down.send(out, link.due(now, len(out)), True, now)
+            if complete:
+                done.set_result("end")
+            elif client.get_write_buffer_size() > 1 << 20:  # a slow client: stop reading upstream
+                upstream.pause_reading()
+                resume()
         except BaseException as e:
-            conn.sink = None
             if not done.done():
                 done.set_exception(e)
 
-    leftover = bytes(conn.buf)
-    conn.buf.clear()
-    conn.sink = sink
-    if leftover:
-        sink(leftover)
-    elif conn.closed:
-        sink(b"")
+    conn.stream(sink)
     try:
         return await done
     except BaseException:
         conn.close()
         raise
-
-
-def _release(up: Upstream, conn: UpstreamConn, keep: bool) -> None:
-    """Back to the pool when upstream keeps it open, else closed."""
-    if keep:
-        up.give_back(conn)
-    else:
-        conn.close()
 
 
 def _error_payload(status: int, payload: bytes, up: Upstream) -> bytes:

@@ -1,38 +1,66 @@
-"""The gateway's upstream side: one engine's base URL and a pool of keep-alive connections to it."""
+"""The gateway's upstream side: one engine's base URL, a pool of keep-alive connections to it, and
+each connection's answers parsed by llhttp (httptools)."""
 from __future__ import annotations
 
 import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-from bench.tiers.gateway.http1 import HEAD_LIMIT, HOP, no_delay, parse_head, read_chunked_body
+import httptools
+
+from bench.tiers.gateway.http1 import HOP, no_delay
 
 CONNECT_TIMEOUT_S = 10.0
 IDLE_POOL = 512  # idle connections kept per upstream
+WHOLE_LIMIT = 256 << 20  # the largest answer read whole (non-streamed, or an error)
+
+
+class UpstreamError(Exception):
+    """The upstream connection broke, or its answer is malformed."""
 
 
 class UpstreamConn(asyncio.Protocol):
-    """One keep-alive connection to an upstream. Reads like an asyncio.StreamReader (readuntil,
-    readexactly, read) for response heads and whole bodies; in streaming mode (`sink` set) every
-    piece goes straight from data_received to the sink, with no task switch in between."""
+    """One keep-alive connection to an upstream and the answer to the request last sent on it.
+    `head()` waits for the status and header fields; then either `whole()` waits for the whole
+    body, or `stream(sink)` hands every read's body pieces to the sink as they arrive, with no task
+    switch in between: sink(pieces, complete), and sink(None, False) when the connection ends first."""
 
     def __init__(self):
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self.failure: str | None = None
         self.waiter: asyncio.Future | None = None
-        self.sink = None  # streaming: called with each piece, b"" at the connection's end
+        self.sink = None
+        self.begin()
 
+    def begin(self) -> None:
+        """Forget the last answer: a new request is about to go out."""
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.framed = False  # chunked or Content-Length: the body's end is known without the connection's
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         no_delay(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(f"malformed answer: {e.__context__ or e}")
             return
-        self.buf += data
-        self._wake()
+        if self.sink is not None:
+            if self.pieces or self.complete:
+                pieces, self.pieces = self.pieces, []
+                self.sink(pieces, self.complete)
+        else:
+            self._wake()
 
     def eof_received(self):
         self._lost()
@@ -40,60 +68,103 @@ class UpstreamConn(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self._lost()
+        self.parser = None  # it refers back to us: no cycle left for the collector
 
+    # -- llhttp's callbacks -------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise UpstreamError("bytes after the answer's end")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.status < 200:  # an interim answer (100 Continue): the real one follows
+            self.headers = []
+            return
+        self.head_done = True
+        self.framed = self.status in (204, 304) or any(k in (b"content-length", b"transfer-encoding")
+                                                       for k, _ in self.headers)
+
+    def on_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.sink is None and self.size > WHOLE_LIMIT:
+            raise UpstreamError(f"answer over {WHOLE_LIMIT} bytes")
+        self.pieces.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+
+    # -- reading ------------------------------------------------------------------------------------
     def _lost(self) -> None:
+        if self.closed:
+            return
         self.closed = True
+        if self.head_done and not self.framed and not self.complete:
+            self.complete = True  # a body without framing ends with the connection
         self._wake()
         if self.sink is not None:
-            self.sink(b"")
+            pieces, self.pieces = self.pieces, []
+            self.sink(pieces if self.complete else None, self.complete)
+
+    def _fail(self, why: str) -> None:
+        self.failure = self.failure or why
+        self.close()
+        self._wake()
+        if self.sink is not None:
+            self.sink(None, False)
 
     def _wake(self) -> None:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    async def _more(self) -> None:
-        if self.closed:
-            raise asyncio.IncompleteReadError(bytes(self.buf), None)
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
+    async def _until(self, done) -> None:
+        while not done():
+            if self.failure is not None:
+                raise UpstreamError(self.failure)
+            if self.closed:
+                raise UpstreamError("the connection closed")
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
-    async def readuntil(self, sep: bytes = b"\n") -> bytes:
-        start = 0
-        while True:
-            i = self.buf.find(sep, start)
-            if i >= 0:
-                out = bytes(self.buf[:i + len(sep)])
-                del self.buf[:i + len(sep)]
-                return out
-            if len(self.buf) > HEAD_LIMIT:
-                raise asyncio.LimitOverrunError("upstream line too long", len(self.buf))
-            start = max(0, len(self.buf) - len(sep) + 1)
-            await self._more()
+    async def head(self) -> None:
+        """Wait for the answer's status and header fields (UpstreamError when it breaks off)."""
+        await self._until(lambda: self.head_done)
 
-    async def readexactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            await self._more()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
+    async def whole(self) -> bytes:
+        """The whole body (UpstreamError when it breaks off)."""
+        await self._until(lambda: self.complete)
+        pieces, self.pieces = self.pieces, []
+        return b"".join(pieces)
 
-    async def read(self) -> bytes:
-        """Everything up to the connection's end."""
-        while not self.closed:
-            await self._more()
-        out = bytes(self.buf)
-        self.buf.clear()
-        return out
+    def stream(self, sink) -> None:
+        """From now on every read's body pieces go to `sink` (what already came first)."""
+        self.sink = sink
+        if self.pieces or self.complete:
+            pieces, self.pieces = self.pieces, []
+            sink(pieces, self.complete)
+        elif self.closed:
+            sink(None, False)
+
+    def header(self, name: bytes) -> bytes:
+        return next((v for k, v in reversed(self.headers) if k == name), b"")
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def reusable(self) -> bool:
+        """The answer ended cleanly and upstream keeps the connection."""
+        return (self.complete and self.framed and not self.closed and self.failure is None
+                and b"close" not in self.header(b"connection").lower())
+
     def usable(self) -> bool:
-        return not self.closed and not self.buf and self.sink is None and not self.transport.is_closing()
+        return not self.closed and self.sink is None and not self.transport.is_closing()
 
     def close(self) -> None:
         self.closed = True
@@ -128,12 +199,15 @@ class Upstream:
         while self.idle:
             conn = self.idle.pop()
             if conn.usable():
+                conn.begin()
                 return conn
             conn.close()
         return None
 
     def give_back(self, conn: UpstreamConn) -> None:
-        if len(self.idle) < IDLE_POOL and conn.usable():
+        """Back to the pool when its answer ended cleanly and upstream keeps it open, else closed."""
+        conn.sink = None
+        if len(self.idle) < IDLE_POOL and conn.reusable() and conn.usable():
             self.idle.append(conn)
         else:
             conn.close()
@@ -158,17 +232,8 @@ class Upstream:
             conn = await self.connect()
             try:
                 conn.write(self.request_head("GET", path, [], 0, close=True))
-                head = await conn.readuntil(b"\r\n\r\n")
-                first, hs = parse_head(head)
-                status = int(first.split(" ", 2)[1])
-                h = dict(hs)
-                if b"chunked" in h.get(b"transfer-encoding", b"").lower():
-                    body = await read_chunked_body(conn, 64 << 20)
-                elif b"content-length" in h:
-                    body = await conn.readexactly(int(h[b"content-length"]))
-                else:
-                    body = await conn.read()
-                return status, body
+                await conn.head()
+                return conn.status, await conn.whole()
             finally:
                 conn.close()
         return await asyncio.wait_for(go(), timeout_s)

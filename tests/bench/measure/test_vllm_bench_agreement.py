@@ -16,7 +16,7 @@
    sent at the same offsets from the first send, with no cap on concurrency in either tool.
    What the tools cannot make identical: the prompt tokens themselves (each draws its own random
    ids; the server runs without a prefix cache, so only lengths matter), the HTTP client (aiohttp
-   on one event loop vs. blocking http.client on threads), a few request fields (vLLM adds
+   on one event loop vs. tierbench's own HTTP/1.1 reader (bench/load/wire.py) on threads), a few request fields (vLLM adds
    repetition_penalty 1 and logprobs null, tierbench min_tokens), and, for throughput, the
    duration each divides by (see 1).
    Each tool runs three times, interleaved in time (V T V T V T) so that drift in the machine's

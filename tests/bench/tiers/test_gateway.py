@@ -16,7 +16,7 @@ import pytest
 
 from bench.measure.instant_server import InstantServer
 from bench.load.client import Record, StreamingClient
-from bench.tiers.gateway import ChunkedEnd, GatewayProcess, Link, build_policy, load_config
+from bench.tiers.gateway import GatewayProcess, Link, RequestParser, build_policy, load_config
 from bench.tiers.network import BUILTIN, NetworkProfile, Tier, parse_tier, rng_for
 from bench.tiers.routing import CallInfo, call_info_from_request
 from engines.process import free_port
@@ -50,7 +50,9 @@ def test_parse_tier():
     assert parse_tier("zero:0").rtt_ms == 0
     for bad, why in [("", "built-in profile"), ("mars", "not a built-in profile"), ("lab:x", "not a number"),
                      ("lab:-5", ">= 0"), ("lab:inf", ">= 0"), (":50", "not a valid tier name"),
-                     ("a b:5", "not a valid tier name")]:
+                     ("a b:5", "not a valid tier name"), ("lab:5,drop_rate=0.1", "unknown fault key"),
+                     ("lab:5,reset_rate=1.5", r"reset_rate: must be in \[0, 1\]"),
+                     ("lab:5,stall_ms=-1", "stall_ms: must be >= 0"), ("lab:5,spike_rate", "KEY=VALUE")]:
         with pytest.raises(ValueError, match=why):
             parse_tier(bad)
 
@@ -93,16 +95,23 @@ def test_links_keep_order_and_add_bandwidth():
     assert [plain.due(t, 10) for t in (1.0, 1.5, 1.7)] == pytest.approx([1.025, 1.525, 1.725])
 
 
-def test_chunked_end_finds_the_end_in_any_split():
-    body = b"5\r\nhello\r\n1a;x=1\r\n" + b"z" * 26 + b"\r\n0\r\nTrailer: y\r\n\r\n"
-    for step in (1, 2, 3, 7, len(body)):
-        end, got = ChunkedEnd(), None
-        for i in range(0, len(body), step):
-            got = end.feed(body[i:i + step])
-            if got is not None:
-                assert i + got == len(body)
-                break
-        assert got is not None
+def test_request_parser_in_any_split():
+    """Requests split anywhere (pipelined, chunked bodies with extensions and trailers) come out whole."""
+    wire = (b"POST /v1/completions?x=1 HTTP/1.1\r\nHost: h\r\nX-Session-Id: s\r\nContent-Length: 5\r\n\r\nhello"
+            b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n1a;x=1\r\n" + b"z" * 26 + b"\r\n0\r\nTrailer: y\r\n\r\n"
+            b"GET /health HTTP/1.0\r\n\r\n")
+    for step in (1, 2, 3, 7, len(wire)):
+        rp = RequestParser()
+        for i in range(0, len(wire), step):
+            rp.feed(wire[i:i + step])
+        assert rp.error is None
+        a, b, c = rp.ready
+        assert (a.method, a.path, a.target, a.h["x-session-id"], a.body, a.keep_alive) == \
+            ("POST", "/v1/completions", "/v1/completions?x=1", "s", b"hello", True)
+        assert (b.path, b.body, b.keep_alive) == ("/v1/chat/completions", b"hello" + b"z" * 26, True)
+        assert (c.method, c.body, c.keep_alive) == ("GET", b"", False)  # HTTP/1.0 without keep-alive
+        assert rp.ready and not rp.pending
 
 
 def test_call_info():
@@ -212,7 +221,7 @@ def test_fixed_rtt_shifts_ttft_by_d_and_keeps_itl(instant, gateway):
           f"shift {shift:.3f} ms; ITL median {itl['direct']:.3f} -> {itl['gateway']:.3f} ms")
     assert abs(shift - D_MS) <= 2.0
     assert abs(itl["gateway"] - itl["direct"]) <= 1.0
-    lab = [c for c in gateway.calls() if c["tier"] == "lab"]
+    lab = [c for c in gateway.calls(at_least=32) if c["tier"] == "lab"]
     assert len(lab) >= 32 and all(c["rtt_ms"] == D_MS and c["status"] == 200 for c in lab)
 
 
