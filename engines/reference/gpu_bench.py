@@ -80,7 +80,8 @@ def environment(device, command: str) -> dict:
     prov = provenance(command)
     versions = prov["environment"]["versions"]
     # a copy of the tree on another machine may carry a stale .git: the commit named by the caller wins
-    prov.update({"commit": os.environ.get("TIERBENCH_COMMIT") or prov["git_commit"], "command": command,
+    prov["git_commit"] = os.environ.get("TIERBENCH_COMMIT") or prov["git_commit"]
+    prov.update({"commit": prov["git_commit"], "command": command,
                  "torch": torch.__version__, "triton": versions.get("triton"),
                  "transformers": versions.get("transformers"), "cuda": torch.version.cuda, "device": device.type,
                  "gpu_name": None, "driver": None})
