@@ -110,7 +110,7 @@ class Server(ChildProcess):
 
     def wait_healthy(self, timeout_s: float) -> None:
         wait_http_ok(self.base_url + "/health", timeout_s, self.proc, f"{self.spec.name} server", self.log_path,
-                     self.log_tail, died=ServerDied)
+                     died=ServerDied)
         if not self.model_name:
             self.model_name = self._first_model()
 

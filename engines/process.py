@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 # The usual escalation: a polite interrupt, then SIGTERM, then SIGKILL.
@@ -97,16 +97,14 @@ def log_tail(path: Path | str, n: int = 20) -> str:
 
 
 def wait_http_ok(url: str, timeout_s: float, proc: subprocess.Popen | None, what: str, log_path: Path | str,
-                 log_tail: Callable[[int], str] | None = None, died: type[Exception] = RuntimeError,
-                 poll_s: float = 0.5) -> None:
+                 died: type[Exception] = RuntimeError, poll_s: float = 0.5) -> None:
     """Poll GET `url` until it answers 200. Raises `died` if `proc` exits first, TimeoutError after
     timeout_s; both messages name `what`, its log and why the last poll failed."""
-    tail = log_tail or (lambda n: globals()["log_tail"](log_path, n))
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise died(f"{what} exited with status {proc.returncode} during start-up; see {log_path}: {tail(3)}")
+            raise died(f"{what} exited with status {proc.returncode} during start-up; see {log_path}: {log_tail(log_path, 3)}")
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 if r.status == 200:

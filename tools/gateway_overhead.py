@@ -36,8 +36,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,7 +54,7 @@ from bench.tiers.gateway import GatewayProcess
 from engines.provenance import provenance
 from bench.tiers.network import Tier
 from bench.load.workload import CallPlan, SessionPlan, write_workload
-from engines.process import die_with_parent, free_port, wait_http_ok
+from engines.process import free_port, start_logged, stop_groups, wait_http_ok
 
 BAR_MS = 1.0
 
@@ -68,7 +68,6 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
                 out / "gateway.calls.jsonl"]:
         old.unlink(missing_ok=True)
     procs = []
-    logs = []
     paths = ["direct", "gateway"] + (["relay"] if relay else [])
     phases = [(p, r) for r in range(rounds) for p in (paths if r % 2 == 0 else paths[::-1])]
     loads, cpu = {}, {}
@@ -79,9 +78,8 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
         targets = {"direct": url}
         if relay:
             rport = free_port()
-            logs.append(open(out / "relay.log", "ab"))
-            rp = subprocess.Popen([sys.executable, "-m", "tools.gateway_overhead", "--serve-relay", str(rport),
-                                   str(server.port)], stdout=logs[-1], stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            rp = start_logged([sys.executable, "-m", "tools.gateway_overhead", "--serve-relay", str(rport),
+                               str(server.port)], out / "relay.log")
             procs.append(rp)
             targets["relay"] = f"http://127.0.0.1:{rport}"
             wait_http_ok(targets["relay"] + "/health", 30.0, rp, "the relay", out / "relay.log")
@@ -105,15 +103,7 @@ def measure(out: Path, streams: int = 64, calls: int = 10, tokens: int = 32, ttf
             for k, v in pids.items():
                 cpu[k]["end"] = _cpu_s(v)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs:
-            f.close()
+        stop_groups(procs, ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)))
     for f in out.glob("workload.*.jsonl"):
         f.unlink()  # regenerated from the parameters; the request records keep every call
     report = analyse(out, paths, streams, calls, tokens, ttft_ms, itl_ms, rounds, loads, cpu, command)

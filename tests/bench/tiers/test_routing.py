@@ -286,12 +286,9 @@ def test_tier_info_from_tier_objects_and_dicts():
     assert p.choose(call()).tier == "cloud"
 
 
-def test_real_tier_objects_if_available():
-    tiers_mod = pytest.importorskip("bench.tiers.network")
-    try:
-        t = tiers_mod.Tier.from_dict({"name": "central", "url": "http://127.0.0.1:1", "profile": "central"})
-    except Exception as e:  # the module is written in parallel; its API may still move
-        pytest.skip(f"bench.tiers.network.Tier.from_dict: {e}")
+def test_real_tier_objects():
+    from bench.tiers.network import Tier
+    t = Tier.from_dict({"name": "central", "url": "http://127.0.0.1:1", "profile": "central"})
     info = tier_info(t)
     assert info.name == "central" and info.size == "large" and 200 < info.rtt_p50_ms < 500
 
