@@ -93,8 +93,10 @@ def itl_gaps(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(vals, dtype=float), np.asarray(sess, dtype=object)
 
 
-def _compare_latency(a: pd.DataFrame, b: pd.DataFrame, metric: str, q: float | None, confidence: float,
+def compare_latency(a: pd.DataFrame, b: pd.DataFrame, metric: str, q: float | None, confidence: float,
                      n_boot: int, seed: int) -> Comparison:
+    """Percentile q of one latency (ttft|tpot|e2el|itl) of rows b against rows a, paired per call
+    where the same calls ran on both sides."""
     if metric == "itl":
         va, sa = itl_gaps(a)
         vb, sb = itl_gaps(b)
@@ -128,7 +130,7 @@ def compare_metric(a: Run, ga: str, b: Run, gb: str, name: str, *, confidence: f
     lat = split_metric(name)
     if lat and a.has_rows and b.has_rows:
         metric, q = lat
-        c = _compare_latency(a.group_rows(ga), b.group_rows(gb), metric, q, confidence, n_boot, seed)
+        c = compare_latency(a.group_rows(ga), b.group_rows(gb), metric, q, confidence, n_boot, seed)
         scale = 1000.0  # seconds -> ms, as in the summaries
         return CompareRow(ga, gb, name, _scaled(c.baseline, scale), _scaled(c.candidate, scale), c.ratio,
                           c.paired, c.n_pairs, c.mann_whitney_p)

@@ -28,6 +28,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from analysis.compare import HIGHER_IS_BETTER, CompareRow, compare_metric, pair_groups, split_metric
 from analysis.rundata import Run
+from analysis.stats import Interval
 
 # counters gated exactly: engine counters (run.json summary.<group>.engine_counters) and the
 # client's own deterministic totals (summary.<group>)
@@ -134,18 +135,57 @@ def run_gate(baseline: Run, candidate: Run, metrics: list[str], max_regression_p
     return out
 
 
+def run_ab_gate(ab: dict, metrics: list[str], max_regression_pct: float, *, confidence: float = 0.95,
+                advisory: list[str] = ()) -> list[Verdict]:
+    """The gate on an interleaved A/B result (analysis/ab.py; A = baseline, B = candidate): timings
+    from the per-pair ratios with a t-interval over pairs, counters summed over rounds and exact."""
+    from analysis.ab import complete_pairs, counter_totals, log_t_interval
+    if not 0.5 < confidence < 1:
+        raise GateInputError(f"--confidence {confidence}: expected a value between 0.5 and 1")
+    if not 0 <= max_regression_pct < 100:
+        raise GateInputError(f"--max-regression {max_regression_pct}: expected a percentage in [0, 100)")
+    if not complete_pairs(ab.get("rounds", [])):
+        raise GateInputError(f"{ab.get('path', 'ab.json')}: no complete round pair to gate on")
+    totals = counter_totals(ab["rounds"])
+    comparison = ab.get("comparison", {})
+    m = max_regression_pct / 100.0
+    out = []
+    for metric, adv in [(x, False) for x in metrics] + [(x, True) for x in advisory]:
+        if metric in EXACT:
+            a, b = totals["A"].get(metric), totals["B"].get(metric)
+            if a is None or b is None:
+                raise GateInputError(f"{ab.get('path', 'ab.json')}: counter {metric!r} missing from the rounds "
+                                     f"(known: {', '.join(sorted(set(totals['A']) & set(totals['B'])))})")
+            ratio = Interval(b / a if a else None, None, None, confidence)
+        elif metric in comparison:
+            row = comparison[metric]
+            a, b = row["a"], row["b"]
+            ratio = log_t_interval(row["pair_ratios"], 2 * confidence - 1)  # each end one-sided at c
+        else:
+            raise GateInputError(f"unknown A/B metric {metric!r}; known: {', '.join([*comparison, *sorted(EXACT)])}")
+        row = CompareRow("A", "B", metric, a, b, ratio, paired=True, n_pairs=ratio.n)
+        kind, limit, bound, ok, reason = decide(row, metric, m, confidence)
+        if kind == "point" and metric not in EXACT:
+            ok, reason = False, "fewer than two complete round pairs: no interval to decide on"
+        out.append(Verdict(metric, "A", "B", kind, row, limit, bound, ok, adv, reason))
+    return out
+
+
 def gate_failed(verdicts: list[Verdict]) -> bool:
     return any(not v.passed for v in verdicts)
 
 
-def markdown(verdicts: list[Verdict], baseline: Run, candidate: Run, max_regression_pct: float,
-             confidence: float) -> str:
+def describe_runs(baseline: Run, candidate: Run) -> str:
+    return (f"Baseline `{baseline.path}` ({baseline.info.get('git_commit') or 'unknown commit'}), "
+            f"candidate `{candidate.path}` ({candidate.info.get('git_commit') or 'unknown commit'})")
+
+
+def markdown(verdicts: list[Verdict], what: str, max_regression_pct: float, confidence: float) -> str:
+    """The verdicts as a Markdown table; `what` names baseline and candidate (describe_runs)."""
     failed = [v for v in verdicts if not v.passed]
     head = "FAILED" if failed else "passed"
     lines = [f"## tierbench gate: {head}", "",
-             f"Baseline `{baseline.path}` ({baseline.info.get('git_commit') or 'unknown commit'}), "
-             f"candidate `{candidate.path}` ({candidate.info.get('git_commit') or 'unknown commit'}); "
-             f"max regression {max_regression_pct:g}% at {confidence:.0%} confidence.", "",
+             f"{what}; max regression {max_regression_pct:g}% at {confidence:.0%} confidence.", "",
              "| check | kind | baseline | candidate | ratio | bound | limit | verdict |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for v in verdicts:
@@ -169,9 +209,9 @@ def junit(verdicts: list[Verdict]) -> str:
             f"failures=\"{fails}\" errors=\"0\">\n" + "\n".join(cases) + "\n</testsuite>\n")
 
 
-def write_outputs(verdicts: list[Verdict], baseline: Run, candidate: Run, max_regression_pct: float, confidence: float,
+def write_outputs(verdicts: list[Verdict], what: str, max_regression_pct: float, confidence: float,
                   md_path: Path | None, junit_path: Path | None) -> str:
-    md = markdown(verdicts, baseline, candidate, max_regression_pct, confidence)
+    md = markdown(verdicts, what, max_regression_pct, confidence)
     if md_path:
         Path(md_path).write_text(md, encoding="utf-8")
     if junit_path:

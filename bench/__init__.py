@@ -6,6 +6,8 @@
   early stopping, the progress bar.
 - `tiers/`: network profiles, pricing, routing policies, the tier gateway, runs through tiers and
   the tier study.
+- `ab/`: interleaved A/B runs of two engine variants (`tierbench ab`), for comparisons and
+  gates that the machine's drift cannot fool.
 - `measure/`: what measures tierbench itself (the instant server, calibration, the soak, vLLM's
   own benchmark client); scripts that regenerate committed results live in tools/.
 

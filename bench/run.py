@@ -29,39 +29,17 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
     """Run the spec into `out`; returns the exit status (0 ok, 1 failures, 130 interrupted)."""
-    from traces.load import load_trace
-
-    model_dir = resolve_model(spec.model)
-    drawn = spec.trace.sessions
-    if drawn and spec.trace.calls_per_session and str(spec.trace.path).startswith("profile:"):
-        drawn *= 4  # a synthetic trace: draw extra sessions, the long enough ones are kept
-    trace = load_trace(spec.trace.path, spec.trace.format, tokenizer_dir=model_dir, sessions=drawn,
-                       seed=spec.trace.seed)
-    plans, scaled = build_workload(trace, model_dir, sessions=spec.trace.sessions, token_scale=spec.trace.token_scale,
-                                   max_context=spec.trace.max_context, think_scale=spec.trace.think_scale,
-                                   time_scale=spec.trace.time_scale, session_rate=spec.load.session_rate or None,
-                                   seed=spec.trace.seed, calls_per_session=spec.trace.calls_per_session)
+    plans, model_dir, workload = prepare_workload(spec)
     rd = RunDir(out, spec)
     write_workload(plans, out / "workload.jsonl")
-    rd.info["workload"] = {"sessions": len(plans), "calls": sum(len(p.calls) for p in plans),
-                           "prompt_tokens": sum(len(c.prompt_ids) for p in plans for c in p.calls),
-                           "output_tokens": sum(c.max_tokens for p in plans for c in p.calls),
-                           "ideal_prefix_hit": ideal_prefix_hit(plans), "trace_meta": scaled.meta,
-                           "model_dir": str(model_dir)}
+    rd.info["workload"] = workload
     rd.save()
     status, code = "completed", EXIT_OK
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM ends the run like Ctrl-C: results kept
     try:
-        for engine in spec.engines:
-            if engine.kind != "url" and not engine.model:
-                engine.model = str(model_dir)
-            dummy = "--load-format=dummy" in engine.args or any(
-                a == "--load-format" and b == "dummy" for a, b in zip(engine.args, engine.args[1:]))
-            if engine.kind == "reference" and dummy and not any(a.startswith("--tokenizer") for a in engine.args):
-                # a named random-weight shape (e.g. mini-llama) speaks the run model's tokens
-                engine.args = [*engine.args, "--tokenizer", str(model_dir)]
+        engine_defaults(spec, model_dir)
         if spec.tiers:
             results = run_tiers(spec, plans, out, rd, progress, log)
         elif spec.load.side_by_side and len(spec.engines) > 1:
@@ -78,6 +56,39 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
             signal.signal(signal.SIGTERM, previous)
         finalize(out, rd, spec, status, log)
     return code
+
+
+def prepare_workload(spec: RunSpec):
+    """The spec's trace materialized for its model: (session plans, model dir, workload facts)."""
+    from traces.load import load_trace
+
+    model_dir = resolve_model(spec.model)
+    drawn = spec.trace.sessions
+    if drawn and spec.trace.calls_per_session and str(spec.trace.path).startswith("profile:"):
+        drawn *= 4  # a synthetic trace: draw extra sessions, the long enough ones are kept
+    trace = load_trace(spec.trace.path, spec.trace.format, tokenizer_dir=model_dir, sessions=drawn,
+                       seed=spec.trace.seed)
+    plans, scaled = build_workload(trace, model_dir, sessions=spec.trace.sessions, token_scale=spec.trace.token_scale,
+                                   max_context=spec.trace.max_context, think_scale=spec.trace.think_scale,
+                                   time_scale=spec.trace.time_scale, session_rate=spec.load.session_rate or None,
+                                   seed=spec.trace.seed, calls_per_session=spec.trace.calls_per_session)
+    workload = {"sessions": len(plans), "calls": sum(len(p.calls) for p in plans),
+                "prompt_tokens": sum(len(c.prompt_ids) for p in plans for c in p.calls),
+                "output_tokens": sum(c.max_tokens for p in plans for c in p.calls),
+                "ideal_prefix_hit": ideal_prefix_hit(plans), "trace_meta": scaled.meta, "model_dir": str(model_dir)}
+    return plans, model_dir, workload
+
+
+def engine_defaults(spec: RunSpec, model_dir) -> None:
+    """Fill in each started engine's model, and a random-weight reference engine's tokenizer."""
+    for engine in spec.engines:
+        if engine.kind != "url" and not engine.model:
+            engine.model = str(model_dir)
+        dummy = "--load-format=dummy" in engine.args or any(
+            a == "--load-format" and b == "dummy" for a, b in zip(engine.args, engine.args[1:]))
+        if engine.kind == "reference" and dummy and not any(a.startswith("--tokenizer") for a in engine.args):
+            # a named random-weight shape (e.g. mini-llama) speaks the run model's tokens
+            engine.args = [*engine.args, "--tokenizer", str(model_dir)]
 
 
 def _side_by_side(spec: RunSpec, plans, out: Path, rd: RunDir, progress: bool, log) -> list[dict]:

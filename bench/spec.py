@@ -29,7 +29,8 @@ MODES = ("closed", "open")  # closed: locust sessions; open: calls at their time
 TOP_KEYS = ("name", "model", "trace", "load", "engines", "slos", "tiers", "scenarios", "prices")
 # [slos]: each a bound in ms for goodput; vLLM's goodput takes these three (ITL is per gap, not per call)
 SLOS = {"ttft_ms": "time to first token", "tpot_ms": "time per output token", "e2el_ms": "end-to-end latency"}
-ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec))  # [[engines]]: engines/launch.py's EngineSpec
+# [[engines]]: engines/launch.py's EngineSpec (cwd is set by `tierbench ab` for a git ref, not by specs)
+ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec) if f.name != "cwd")
 
 
 class SpecError(Exception):
@@ -238,7 +239,8 @@ class RunSpec:
         """JSON-ready (run.json's "spec"); tiers, scenarios and prices hold the keys as given."""
         d = asdict(replace(self, tiers=[], scenarios=[], prices={}))
         d.update(tiers=[t.to_dict() for t in self.tiers], scenarios=[s.to_dict() for s in self.scenarios],
-                 prices={tier: p.to_dict() for tier, p in self.prices.items()})
+                 prices={tier: p.to_dict() for tier, p in self.prices.items()},
+                 engines=[{k: v for k, v in e.items() if k in ENGINE_KEYS} for e in d["engines"]])
         return d
 
 
@@ -324,12 +326,14 @@ def _engines(engines, fail) -> list[EngineSpec]:
         unknown = sorted(set(e) - set(ENGINE_KEYS))
         if unknown:
             fail(f"unknown key {unknown[0]!r}", f"{where}.{unknown[0]}")
+        if e.get("python") is not None and not isinstance(e["python"], str):
+            fail("expected the path of a Python interpreter (a string)", f"{where}.python")
         if kind == "url" and not str(e.get("url", "")).startswith(("http://", "https://")):
             fail("expected an http(s) URL", f"{where}.url")
         out.append(EngineSpec(kind, name=e.get("name", ""), model=e.get("model"), url=e.get("url"),
                               served_model=e.get("served_model"), api_key_env=e.get("api_key_env"),
                               args=list(args), env={str(k): str(v) for k, v in env.items()},
-                              startup_timeout_s=float(e.get("startup_timeout_s", 0.0))))
+                              startup_timeout_s=float(e.get("startup_timeout_s", 0.0)), python=e.get("python")))
     names = [e.name for e in out]
     for i, n in enumerate(names):
         if n in names[:i]:

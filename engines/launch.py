@@ -35,6 +35,8 @@ class EngineSpec:
     args: list[str] = field(default_factory=list)  # extra server arguments
     env: dict[str, str] = field(default_factory=dict)  # extra server environment
     startup_timeout_s: float = 0.0  # 0: the kind's default
+    cwd: str | None = None  # start the server from here (an A/B variant's worktree of another commit)
+    python: str | None = None  # the server's interpreter (default: this one; vLLM: $TIERBENCH_VLLM_PYTHON or this one)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -77,35 +79,45 @@ class Server(ChildProcess):
     def command(self, port: int) -> list[str]:
         s = self.spec
         if s.kind == "reference":
-            return [sys.executable, "-m", "engines.reference.server", "--model", str(s.model), "--host", self.host,
+            return [s.python or sys.executable, "-m", "engines.reference.server", "--model", str(s.model), "--host", self.host,
                     "--port", str(port), *s.args]
         # --enable-prompt-tokens-details: report usage.prompt_tokens_details.cached_tokens, as the
         # reference engine does, so prefix-cache hits are measured on both.
-        return [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model), "--host", self.host,
+        return [s.python or vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model), "--host", self.host,
                 "--port", str(port), "--enable-prompt-tokens-details", *s.args]
 
     def start(self) -> "Server":
+        return self.spawn().ready()
+
+    def spawn(self) -> "Server":
+        """Start the server process without waiting for it (ready() waits). Call from a thread that
+        outlives the server: children die with the thread that started them (PR_SET_PDEATHSIG)."""
+        self._t0 = time.monotonic()
         if self.spec.kind == "url":
-            self.wait_healthy(self.spec.startup_timeout_s or 30.0)
             return self
         if not self.spec.model:
             raise ValueError(f"engine {self.spec.name}: a model directory is needed (--model)")
         port = free_port(self.host)
         self.base_url = f"http://{self.host}:{port}"
         env = {**os.environ, **self.spec.env}
+        if self.spec.cwd:  # `python -m` imports from the working directory first; PYTHONPATH makes it sure
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.spec.cwd, env.get("PYTHONPATH")]))
         if self.spec.kind == "vllm":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             # vLLM answers /reset_prefix_cache only in dev mode.
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
-        t0 = time.monotonic()
-        self.proc = start_logged(self.command(port), self.log_path, env=env)
-        default = 900.0 if self.spec.kind == "vllm" else 180.0
+        self.proc = start_logged(self.command(port), self.log_path, env=env, cwd=self.spec.cwd)
+        return self
+
+    def ready(self) -> "Server":
+        """Wait for /health (a spawned server is stopped if it never answers)."""
+        default = 30.0 if self.spec.kind == "url" else 900.0 if self.spec.kind == "vllm" else 180.0
         try:
             self.wait_healthy(self.spec.startup_timeout_s or default)
         except BaseException:
             self.stop()
             raise
-        self.started_s = time.monotonic() - t0
+        self.started_s = time.monotonic() - self._t0
         return self
 
     def wait_healthy(self, timeout_s: float) -> None:

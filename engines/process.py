@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,10 +45,23 @@ class ChildProcess:
         self.stop()
 
 
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now, never one this process handed out before: servers started at once (an
+    A/B's two, side-by-side engines) bind seconds later, and the kernel may offer a port again as
+    soon as the probe closes it."""
+    with _port_lock:
+        for _ in range(100):
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise OSError("no free port that was not handed out before")
 
 
 def raise_fd_limit() -> int:

@@ -1,20 +1,18 @@
 """README's "On a GPU" figures, generated from results/h100/engine.json (what gpu_bench measured
 on a lent H100): the headline keys against their targets, the decode table, and the provenance.
 
-    python -m tools.gpu_table           # rewrite the table between the markers in README.md
-    python -m tools.gpu_table --check   # exit 1 when README.md differs from the file
+    python -m tools.gpu_table           # rewrite README's `figures:gpu` block (python -m tools.readme_figures: all blocks)
+    python -m tools.gpu_table --check   # exit 1 when that block differs from the file
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "results" / "h100" / "engine.json"
 README = ROOT / "README.md"
-START, END = "<!-- gpu-table:start (python -m tools.gpu_table) -->", "<!-- gpu-table:end -->"
 
 
 def _verdict(value: float | None, target: float, better: str) -> str:
@@ -53,24 +51,20 @@ def render(record: dict) -> str:
     return "\n".join(lines)
 
 
-def updated(readme: str, table: str) -> str:
-    if START not in readme or END not in readme:
-        raise SystemExit(f"{README}: the markers {START!r} and {END!r} are missing")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{table}\n{END}{tail}"
-
-
 if __name__ == "__main__":
+    # The table lives in README's `figures:gpu` block, which tools/readme_figures.py renders with
+    # the rest; this entry point rewrites or checks that one block.
+    from tools.readme_figures import BLOCKS, README as TEXT, replace_block
+
     ap = argparse.ArgumentParser(prog="python -m tools.gpu_table", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md is not what the result gives")
     args = ap.parse_args()
-    text = README.read_text(encoding="utf-8")
-    new = updated(text, render(json.loads(RESULT.read_text())))
+    text = TEXT.read_text(encoding="utf-8")
+    new = replace_block(text, "gpu", BLOCKS["gpu"](ROOT))
     if args.check:
         if new != text:
-            print(f"{README}: the 'On a GPU' table differs from {RESULT}; run python -m tools.gpu_table", file=sys.stderr)
+            print(f"{README}: block 'gpu' differs from {RESULT}; run python -m tools.readme_figures", file=sys.stderr)
             sys.exit(1)
     elif new != text:
         README.write_text(new, encoding="utf-8")
-        print(f"rewrote the table in {README}")
+        print(f"rewrote block 'gpu' in {README}")

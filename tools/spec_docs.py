@@ -140,6 +140,7 @@ def render() -> str:
     cols = ("key", "type", "default", "meaning")
     top = rows(specs.RunSpec, specs.TOP_KEYS)
     parts = [HEADER, "## Top level", table(cols, top)]
+    only = {specs.EngineSpec: specs.ENGINE_KEYS}  # a field a spec may not set is not a key
     sections = [
         ("[trace]", specs.TraceSpec, ""),
         ("[load]", specs.LoadSpec, ""),
@@ -151,7 +152,7 @@ def render() -> str:
         ("[prices.TIER]", specs.PriceSpec, ""),
     ]
     for name, cls, note in sections:
-        parts += [f"## {name}", " ".join(x for x in (_intro(cls), note) if x), table(cols, rows(cls))]
+        parts += [f"## {name}", " ".join(x for x in (_intro(cls), note) if x), table(cols, rows(cls, only.get(cls)))]
         if cls is specs.LoadSpec:
             parts += ["## [slos]", "Latency bounds a call must meet to count toward goodput; each a positive "
                       "number of milliseconds, none by default.",

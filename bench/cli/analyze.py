@@ -17,11 +17,15 @@ GATE_DESCRIPTION = """\
 Latency metrics fail when the candidate/baseline ratio's one-sided lower confidence bound
 exceeds 1 + max-regression; throughputs (higher is better) mirror that; deterministic counters
 (steps, prompt_tokens_computed, prefix_hit_tokens, preemptions, completed, ...) must be equal.
+With --ab (a `tierbench ab` result) the ratios are paired by round and their interval is a
+t-interval over round pairs, which carries the machine's drift between rounds; counters are
+summed over each variant's rounds and must be equal.
 Writes a Markdown summary (also printed) and a JUnit XML file for CI.
 
 Example:
   tierbench gate --baseline results/cpu-agentic --candidate results/cpu-agentic \\
       --groups reference:vllm --metric ttft_p99 --metric output_throughput --max-regression 10
+A `tierbench ab` result: tierbench gate --ab DIR --metric tpot_p50 --metric output_throughput --metric steps
 """
 
 REPORT_DESCRIPTION = (
@@ -48,8 +52,10 @@ def register(sub) -> None:
     sp.set_defaults(func=cmd_compare)
 
     sp = add_command(sub, "gate", "fail (exit 1) when a candidate run regresses against a baseline", GATE_DESCRIPTION)
-    sp.add_argument("--baseline", required=True, metavar="RUN_OR_JSON", help=RUN_KINDS)
-    sp.add_argument("--candidate", required=True, metavar="RUN_OR_JSON", help=RUN_KINDS)
+    sp.add_argument("--baseline", metavar="RUN_OR_JSON", help=RUN_KINDS)
+    sp.add_argument("--candidate", metavar="RUN_OR_JSON", help=RUN_KINDS)
+    sp.add_argument("--ab", metavar="AB_DIR", help="an interleaved A/B result of `tierbench ab` instead "
+                                                   "(A = baseline, B = candidate; ratios paired by round)")
     sp.add_argument("--metric", action="append", metavar="NAME", help="gated metric (repeatable)")
     sp.add_argument("--advisory", action="append", metavar="NAME", help="reported, never fails (repeatable)")
     sp.add_argument("--max-regression", type=percent, default=10.0, metavar="PCT",
@@ -109,19 +115,40 @@ def _print_repetitions(a, b, metrics, confidence: float) -> None:
 
 
 def cmd_gate(args) -> int:
-    from analysis.gate import GateInputError, gate_failed, run_gate, write_outputs
+    from analysis.gate import GateInputError, describe_runs, gate_failed, run_ab_gate, run_gate, write_outputs
     if not args.metric:
         raise BadInput("gate: give at least one --metric (e.g. --metric ttft_p99 --metric output_throughput)")
-    base, cand = load_run_or_fail(args.baseline), load_run_or_fail(args.candidate)
+    if (args.ab and (args.baseline or args.candidate)) or (not args.ab and not (args.baseline and args.candidate)):
+        raise BadInput("gate: give --ab DIR, or both --baseline and --candidate")
     try:
-        verdicts = run_gate(base, cand, args.metric, args.max_regression, confidence=args.confidence,
-                            advisory=args.advisory or [], groups=parse_groups(args.groups))
+        if args.ab:
+            ab = _load_ab_or_fail(args.ab)
+            verdicts = run_ab_gate(ab, args.metric, args.max_regression, confidence=args.confidence,
+                                   advisory=args.advisory or [])
+            v = ab["variants"]
+            what = (f"A/B `{args.ab}` ({ab.get('pairs', 0)} round pairs, {ab.get('status')}): baseline A = "
+                    f"{v['A']['label']}, candidate B = {v['B']['label']}")
+        else:
+            base, cand = load_run_or_fail(args.baseline), load_run_or_fail(args.candidate)
+            verdicts = run_gate(base, cand, args.metric, args.max_regression, confidence=args.confidence,
+                                advisory=args.advisory or [], groups=parse_groups(args.groups))
+            what = describe_runs(base, cand)
     except GateInputError as e:
         raise BadInput(str(e)) from None
-    md = write_outputs(verdicts, base, cand, args.max_regression, args.confidence,
+    md = write_outputs(verdicts, what, args.max_regression, args.confidence,
                        Path(args.markdown) if args.markdown else None, Path(args.junit) if args.junit else None)
     print(md, end="")
     return 1 if gate_failed(verdicts) else 0
+
+
+def _load_ab_or_fail(path: str) -> dict:
+    from analysis.ab import load_ab
+    try:
+        ab = load_ab(path)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    ab["path"] = str(path)
+    return ab
 
 
 def cmd_report(args) -> int:

@@ -42,6 +42,19 @@ def percent(text: str) -> float:
 
 
 
+def whole_number(minimum: int, why: str = ""):
+    """An argparse type: an integer >= minimum (`why` is added to the error)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}{why}, got {text!r}")
+        return v
+    return parse
+
+
 def load_run_or_fail(path: str):
     from analysis.rundata import load_run
     try:

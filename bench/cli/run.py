@@ -1,12 +1,11 @@
 """`tierbench run`, `tierbench demo` and `tierbench calibrate`: replay workloads against engines."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from bench.cli.common import BadInput, add_command
+from bench.cli.common import BadInput, add_command, whole_number
 from bench.load.open_loop import ARRIVALS
 from bench.spec import MODES
 from engines.reference.serve_args import nonneg_float, positive_float, positive_int
@@ -172,15 +171,7 @@ def check_client_options(load, source: str) -> None:
         raise SpecError(source, message, None, f"load.{name}") from None
 
 
-def count(text: str) -> int:
-    """A whole number >= 0 (an argparse type)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return v
+count = whole_number(0)  # a whole number >= 0 (an argparse type)
 
 
 def cmd_run(args) -> int:

@@ -33,8 +33,8 @@ CHUNK = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"i
 
 
 class Instant:
-    def __init__(self, ttft_s: float, itl_s: float, log_path: str | None):
-        self.ttft_s, self.itl_s = ttft_s, itl_s
+    def __init__(self, ttft_s: float, itl_s: float, log_path: str | None, max_output: int = 0):
+        self.ttft_s, self.itl_s, self.max_output = ttft_s, itl_s, max_output
         self.log = open(log_path, "a") if log_path else None
 
     async def handle(self, sock: socket.socket) -> None:
@@ -71,6 +71,7 @@ class Instant:
 
     async def stream(self, loop, sock, req: dict, request_id: str, received: float, arrived: float) -> None:
         n = max(1, int(req.get("max_tokens") or 16))
+        n = min(n, self.max_output) if self.max_output > 0 else n
         prompt = req.get("prompt")
         n_prompt = len(prompt) if isinstance(prompt, list) else 1
         await loop.sock_sendall(sock, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -82,8 +83,8 @@ class Instant:
             if delay > 0:
                 await asyncio.sleep(delay)
             data = CHUNK.encode()
+            writes.append(time.perf_counter())  # EXPERIMENT
             await loop.sock_sendall(sock, b"%x\r\n%s\r\n" % (len(data), data))
-            writes.append(time.perf_counter())
         usage = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant","choices":[],'
                  f'"usage":{{"prompt_tokens":{n_prompt},"completion_tokens":{n},"total_tokens":{n_prompt + n},'
                  '"prompt_tokens_details":{"cached_tokens":0}}}\n\ndata: [DONE]\n\n').encode()
@@ -132,9 +133,10 @@ class InstantServer(ChildProcess):
     """The instant server in its own process on a free loopback port, as a context manager: its
     output goes to log_dir/instant-server.log and its per-request timestamps to `times_log`."""
 
-    def __init__(self, log_dir: Path, ttft_ms: float = 20.0, itl_ms: float = 10.0, times_log: Path | None = None):
+    def __init__(self, log_dir: Path, ttft_ms: float = 20.0, itl_ms: float = 10.0, times_log: Path | None = None,
+                 max_output: int = 0):
         self.log_path = Path(log_dir) / "instant-server.log"
-        self.ttft_ms, self.itl_ms, self.times_log = ttft_ms, itl_ms, times_log
+        self.ttft_ms, self.itl_ms, self.times_log, self.max_output = ttft_ms, itl_ms, times_log, max_output
         self.proc = None
         self.port = 0
         self.url = ""
@@ -146,6 +148,8 @@ class InstantServer(ChildProcess):
                "--ttft-ms", str(self.ttft_ms), "--itl-ms", str(self.itl_ms)]
         if self.times_log:
             cmd += ["--log", str(self.times_log)]
+        if self.max_output:
+            cmd += ["--max-output", str(self.max_output)]
         self.proc = start_logged(cmd, self.log_path)
         try:
             wait_http_ok(self.url + "/health", 30.0, self.proc, "the instant server", self.log_path, poll_s=0.1)
@@ -166,8 +170,11 @@ if __name__ == "__main__":
     ap.add_argument("--ttft-ms", type=float, default=0.0)
     ap.add_argument("--itl-ms", type=float, default=10.0)
     ap.add_argument("--log", default=None, help="JSONL of per-request server timestamps")
+    ap.add_argument("--max-output", type=int, default=0, metavar="N",
+                    help="answer at most N chunks whatever max_tokens asks (a server that does not honour "
+                         "max_tokens, for tests of clients; default 0: no cap)")
     a = ap.parse_args()
     try:
-        asyncio.run(serve(a.host, a.port, Instant(a.ttft_ms / 1000, a.itl_ms / 1000, a.log)))
+        asyncio.run(serve(a.host, a.port, Instant(a.ttft_ms / 1000, a.itl_ms / 1000, a.log, a.max_output)))
     except KeyboardInterrupt:
         pass

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.gate import gate_failed, run_gate, write_outputs
+from analysis.gate import describe_runs, gate_failed, run_gate, write_outputs
 from analysis.rundata import Run, load_run
 from bench.cli import main
 
@@ -105,7 +105,7 @@ def test_outputs_markdown_and_junit(tmp_path):
     rng = np.random.default_rng(0)
     base, cand = synthetic_run(costs, rng), synthetic_run(costs, rng, 1.5)
     v = run_gate(base, cand, ["ttft_p50", "steps"], 10.0)
-    md = write_outputs(v, base, cand, 10.0, 0.95, tmp_path / "g.md", tmp_path / "g.xml")
+    md = write_outputs(v, describe_runs(base, cand), 10.0, 0.95, tmp_path / "g.md", tmp_path / "g.xml")
     assert md.startswith("## tierbench gate: FAILED") and "`ref.ttft_p50`" in md and "**FAIL**" in md
     root = ET.parse(tmp_path / "g.xml").getroot()
     assert root.tag == "testsuite" and root.get("tests") == "2" and root.get("failures") == "1"
