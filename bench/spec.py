@@ -29,8 +29,8 @@ MODES = ("closed", "open")  # closed: locust sessions; open: calls at their time
 TOP_KEYS = ("name", "model", "trace", "load", "engines", "slos", "tiers", "scenarios", "prices")
 # [slos]: each a bound in ms for goodput; vLLM's goodput takes these three (ITL is per gap, not per call)
 SLOS = {"ttft_ms": "time to first token", "tpot_ms": "time per output token", "e2el_ms": "end-to-end latency"}
-# [[engines]]: engines/launch.py's EngineSpec (cwd is set by `tierbench ab` for a git ref, not by specs)
-ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec) if f.name != "cwd")
+# [[engines]]: engines/launch.py's EngineSpec (`tierbench ab` sets cwd for a git ref and cpus, not specs)
+ENGINE_KEYS = tuple(f.name for f in fields(EngineSpec) if f.name not in ("cwd", "cpus"))
 
 
 class SpecError(Exception):

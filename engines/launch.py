@@ -36,6 +36,7 @@ class EngineSpec:
     env: dict[str, str] = field(default_factory=dict)  # extra server environment
     startup_timeout_s: float = 0.0  # 0: the kind's default
     cwd: str | None = None  # start the server from here (an A/B variant's worktree of another commit)
+    cpus: list[int] | None = None  # pin the server to these CPUs (`tierbench ab --server-cpus`)
     python: str | None = None  # the server's interpreter (default: this one; vLLM: $TIERBENCH_VLLM_PYTHON or this one)
 
     def __post_init__(self) -> None:
@@ -106,7 +107,7 @@ class Server(ChildProcess):
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
             # vLLM answers /reset_prefix_cache only in dev mode.
             env.setdefault("VLLM_SERVER_DEV_MODE", "1")
-        self.proc = start_logged(self.command(port), self.log_path, env=env, cwd=self.spec.cwd)
+        self.proc = start_logged(self.command(port), self.log_path, env=env, cwd=self.spec.cwd, cpus=self.spec.cpus)
         return self
 
     def ready(self) -> "Server":

@@ -88,17 +88,23 @@ def die_with_parent() -> None:
 
 
 def start_logged(cmd: Sequence[str], log_path: Path | str | None, env: dict | None = None,
-                 cwd: Path | str | None = None) -> subprocess.Popen:
+                 cwd: Path | str | None = None, cpus: Sequence[int] | None = None) -> subprocess.Popen:
     """Start `cmd` in a new session that dies with us, its stdout and stderr appended to log_path
-    (discarded when None)."""
+    (discarded when None), pinned to `cpus` when given (set before exec, so every thread it starts
+    inherits it)."""
+    def preexec() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     if log_path is None:
         return subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec)
 
 
 def log_tail(path: Path | str, n: int = 20) -> str:

@@ -170,3 +170,48 @@ def test_check_exits_1_with_one_line_naming_the_block(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "'offline'" in err
     assert rf.main([]) == 0 and readme.read_text(encoding="utf-8") == text  # the rewrite restores it
+
+
+def _retention_study(unreliable: bool = False) -> dict:
+    """A synthetic results/retention-cpu/study.json in tools/retention_study.py's schema."""
+    method = "Woodruff, session-bootstrap SE" + ("; fewer than 10 calls in the tail: unreliable" if unreliable else "")
+
+    def iv(est, lo, hi):
+        return {"estimate": est, "lo": lo, "hi": hi, "confidence": 0.95, "n": 16, "clusters": 8, "method": method}
+
+    def pt(p90, lo, hi, evicted):
+        return {"makespan_p50_s": iv(p90 / 2, p90 / 2 - 1, p90 / 2 + 1), "makespan_p90_s": iv(p90, lo, hi),
+                "ttft_p99_ms": iv(120.0, 100.0, 150.0), "prefix_hit_vs_ideal": 0.93, "evicted_tokens_per_call": evicted,
+                "recomputed_tokens_per_call": 0.0, "computed_prompt_tokens_per_call": 310.0,
+                "ideal_computed_prompt_tokens_per_call": 250.0}
+
+    return {"command": "python -m tools.retention_study", "repetitions": 2, "confidence": 0.95,
+            "scale": {"token_scale": 0.02, "think_scale": 0.1, "think_clip_s": 60.0, "calls": 8},
+            "setting": {"num_blocks": 848, "block_size": 16, "kv_bytes_per_token": 1024},
+            "points": {"agent-aware": {"1": pt(10.0, 9.0, 11.0, 0.0), "8": pt(25.0, 23.0, 27.0, 512.0)},
+                       "lru": {"1": pt(10.5, 9.5, 11.5, 0.0), "8": pt(40.0, 30.0, 50.0, 900.0)},
+                       "vllm": {"1": pt(11.0, 10.0, 12.0, None), "8": pt(30.0, 20.0, 45.0, None)}},
+            "knees": {"agent-aware": {"knee": 8, "knee_estimate": 8}, "lru": {"knee": 8, "knee_estimate": 8},
+                      "vllm": {"knee": None, "knee_estimate": 8}},
+            "rankings": {"1": {"text": "no difference measured"}, "8": {"text": "agent-aware < lru"}},
+            "provenance": {"git_commit": "0123456789abcdef", "date": "2026-12-01T00:00:00+00:00"}}
+
+
+def test_retention_block_not_yet_measured_then_rendered(tmp_path):
+    assert "Not yet measured" in rf.render_retention(tmp_path)
+    (tmp_path / "results/retention-cpu").mkdir(parents=True)
+    (tmp_path / "results/retention-cpu/study.json").write_text(json.dumps(_retention_study()))
+    text = rf.render_retention(tmp_path)
+    assert "| agent-aware | 8 | 12.5 [11.5, 13.5] | 25.0 [23.0, 27.0] | 120.0 [100.0, 150.0] | 0.93 | 512 | 0 | 310 (250) |" in text
+    assert "| vllm | 8 |" in text and "| - | 0 | 310" in text.split("| vllm | 8 |")[1]  # no eviction counter: "-"
+    assert "848 blocks of 16 tokens (13.2 MiB)" in text
+    assert "agent-aware: N = 8; lru: N = 8; vllm: not reached (estimate alone: N = 8)" in text
+    assert "N = 1: no difference measured; N = 8: agent-aware < lru" in text
+    assert "`0123456`" in text and rf.DAGGER not in text
+
+
+def test_retention_block_marks_unreliable_makespans(tmp_path):
+    (tmp_path / "results/retention-cpu").mkdir(parents=True)
+    (tmp_path / "results/retention-cpu/study.json").write_text(json.dumps(_retention_study(unreliable=True)))
+    text = rf.render_retention(tmp_path)
+    assert f"25.0 [23.0, 27.0]{rf.DAGGER}" in text and "fewer than ten sessions" in text

@@ -12,7 +12,7 @@ as .ci/run gates a commit.
   through the same `ref:` path that CI uses for its baseline.
 Identical and slowed trials alternate (I S, S I, I S, ...) so that drift in the machine's speed
 hits both alike. Gate: max regression 10%, 95% confidence, on tpot_p50, e2el_p50 and
-output_throughput (as .ci/run). Every trial's verdicts, bounds and wall times go to one JSON file
+output_throughput, servers and client pinned to their own CPUs (as .ci/run). Every trial's verdicts, bounds and wall times go to one JSON file
 with provenance; run it at a clean commit on a quiet machine.
 
     .venv/bin/python -m tools.ab_trials --trials 20 --out results/ab-trials/trials.json
@@ -43,12 +43,19 @@ def tierbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True)
 
 
+def pinning() -> list[str]:
+    """As .ci/run: the servers on the last CPU, the client on the others (none with one CPU)."""
+    n = os.cpu_count() or 1
+    return ["--server-cpus", str(n - 1), "--client-cpus", f"0-{n - 2}"] if n >= 2 else []
+
+
 def one_trial(kind: str, a: str, b: str, b_args: list[str], pairs: int, work: Path) -> dict:
     """One A/B and its gate, each in a fresh process, as CI runs them."""
     out = work / "ab"
     load = os.getloadavg()
     t0 = time.monotonic()
-    r = tierbench("ab", str(SPEC), "--a", a, "--b", b, *b_args, "--pairs", str(pairs), "--out", str(out), "--quiet")
+    r = tierbench("ab", str(SPEC), "--a", a, "--b", b, *b_args, "--pairs", str(pairs), *pinning(), "--out", str(out),
+                  "--quiet")
     ab_s = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"{kind} trial: tierbench ab exited {r.returncode}: {r.stderr[-2000:]}")

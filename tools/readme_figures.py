@@ -370,6 +370,48 @@ def render_gpu(root: Path) -> str:
         _source(rel, "PYTHONPATH=. python3 -m engines.reference.gpu_bench")])
 
 
+# ---- KV retention under agent load ---------------------------------------------------------------
+
+def _cell(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def render_retention(root: Path) -> str:
+    """tools/retention_study.py: policy x N, the knees, and the rankings where intervals separate."""
+    rel = "results/retention-cpu/study.json"
+    d = _load(root, rel)
+    if d is None:
+        return f"Not yet measured ({rel} is absent)."
+    st, sc = d["setting"], d["scale"]
+    mib = st["num_blocks"] * st["block_size"] * st["kv_bytes_per_token"] / 2**20
+    out = [f"KV budget {st['num_blocks']:,} blocks of {st['block_size']} tokens ({mib:.1f} MiB); trace scaled by {sc['token_scale']:g} (tokens) and "
+           f"{sc['think_scale']:g} (think times, clipped at {sc['think_clip_s']:g} s first), {sc['calls']} calls a "
+           f"session, {d['repetitions']} repetitions pooled. Intervals {d['confidence']:.0%}, resampling sessions.", "",
+           "| engine / policy | N | makespan p50 [CI] s | makespan p90 [CI] s | TTFT p99 [CI] ms | hit vs ideal | "
+           "evicted tok/call | recomputed tok/call | computed tok/call (ideal) |", "|---|---:|---|---|---|---:|---:|---:|---:|"]
+    marked = False
+    for lab, pts in d["points"].items():
+        for n, p in pts.items():
+            marked |= any("unreliable" in p[k].get("method", "") for k in ("makespan_p50_s", "makespan_p90_s", "ttft_p99_ms"))
+            cells = [_ci(p["makespan_p50_s"]) if p["makespan_p50_s"]["lo"] is not None else "-",
+                     _ci(p["makespan_p90_s"]) if p["makespan_p90_s"]["lo"] is not None else "-",
+                     _ci(p["ttft_p99_ms"]) if p["ttft_p99_ms"]["lo"] is not None else "-"]
+            out.append(f"| {lab} | {n} | {' | '.join(cells)} | {_cell(p['prefix_hit_vs_ideal'], '.2f')} | "
+                       f"{_cell(p['evicted_tokens_per_call'], ',.0f')} | {_cell(p['recomputed_tokens_per_call'], ',.0f')} | "
+                       f"{_cell(p['computed_prompt_tokens_per_call'], ',.0f')} "
+                       f"({_cell(p['ideal_computed_prompt_tokens_per_call'], ',.0f')}) |")
+    if marked:
+        out += ["", f"{DAGGER} unreliable: fewer than ten sessions (calls, for TTFT) in the interval's tail."]
+    knees = "; ".join(f"{lab}: " + (f"N = {k['knee']}" if k["knee"] is not None else "not reached")
+                      + (f" (estimate alone: N = {k['knee_estimate']})" if k["knee_estimate"] not in (None, k["knee"]) else "")
+                      for lab, k in d["knees"].items())
+    out += ["", f"Knee (smallest N whose makespan p90 interval lies above twice its p90 at the smallest N): {knees}.",
+            "", "Ranking by makespan p90 (only where intervals separate): "
+            + "; ".join(f"N = {n}: {r['text']}" for n, r in d["rankings"].items()) + ".",
+            "", _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`, {d['provenance']['date'][:10]}."]
+    return "\n".join(out)
+
+
 BLOCKS = {
     "fidelity": render_fidelity,
     "offline": render_offline,
@@ -382,6 +424,7 @@ BLOCKS = {
     "tier-study": render_tier_study,
     "prepare": render_prepare,
     "gpu": render_gpu,
+    "retention": render_retention,
 }
 
 

@@ -35,6 +35,8 @@ class ABConfig:
     pairs: int = 8             # round pairs (each variant plays `pairs` rounds)
     warmup_calls: int = 8      # unrecorded calls per variant before the first round
     confidence: float = 0.95
+    server_cpus: list[int] | None = None  # both servers pinned here (None: not pinned)
+    client_cpus: list[int] | None = None  # this process pinned here
     command: str = ""          # the command line, for provenance
 
 
@@ -54,6 +56,7 @@ def run_ab(spec, variants: tuple[Variant, Variant], plans, workload: dict, out: 
     rd.info["workload"] = workload
     ab = {"kind": "tierbench-ab", "name": spec.name, "status": "running", "confidence": cfg.confidence,
           "pairs": 0, "variants": {v.name: v.to_dict() for v in variants}, "rounds": [], "comparison": {},
+          "pinning": {"server_cpus": cfg.server_cpus, "client_cpus": cfg.client_cpus},
           "provenance": {"git_commit": rd.info["git_commit"], "environment": rd.info["environment"],
                          "date": rd.info["start"], "command": cfg.command}}
     rd.info["ab"] = {"variants": ab["variants"]}

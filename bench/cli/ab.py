@@ -22,7 +22,7 @@ A variant (--a, --b) is one of:
 --a-arg/--b-arg add server flags to one side (write them with '=': --b-arg=--step-delay-ms=0.4).
 
 Examples:
-  tierbench ab examples/ci-smoke.toml --a ref:HEAD~1 --b spec --out results/ab-ci
+  tierbench ab examples/ci-smoke.toml --a ref:HEAD~1 --b spec --server-cpus 1 --client-cpus 0
   tierbench ab examples/ci-smoke.toml --b-arg=--step-delay-ms=0.4 --pairs 8
   tierbench ab examples/agentic-cpu.toml --pairs 3        # reference (A) against vLLM (B)
 """
@@ -38,10 +38,32 @@ def register(sub) -> None:
     sp.add_argument("--pairs", type=whole_number(2, " (an interval needs two pairs)"), default=8, metavar="N", help="round pairs (default 8; at least 2)")
     sp.add_argument("--warmup-calls", type=whole_number(0), default=8, metavar="N",
                     help="unrecorded calls per variant before the first round (default 8)")
+    sp.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
+                    help="pin both servers to these CPUs, e.g. 1 or 2-3 (default: not pinned)")
+    sp.add_argument("--client-cpus", type=cpu_list, metavar="LIST",
+                    help="pin this process (the client) to these CPUs, e.g. 0 (default: not pinned)")
     sp.add_argument("--confidence", type=confidence, default=0.95, help="interval confidence (default 0.95)")
     sp.add_argument("--out", metavar="DIR", help="the A/B directory (default results/ab-NAME)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_ab)
+
+
+def cpu_list(text: str) -> list[int]:
+    """'0', '1,3' or '2-3' -> CPU numbers this machine has (an argparse type)."""
+    import argparse
+    import os
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            cpus += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers like 0, 1,3 or 2-3, got {text!r}") from None
+    missing = sorted(set(cpus) - os.sched_getaffinity(0))
+    if not cpus or missing:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPU {missing[0] if missing else '?'} is not available here "
+                                         f"(available: {sorted(os.sched_getaffinity(0))})")
+    return sorted(set(cpus))
 
 
 def cmd_ab(args) -> int:
@@ -60,10 +82,16 @@ def cmd_ab(args) -> int:
         raise BadInput(str(e)) from None
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     plans, model_dir, workload = prepare_workload(spec)
+    for v in variants:
+        v.engine.cpus = args.server_cpus
+    if args.client_cpus:  # before any thread starts: the client's threads inherit it
+        import os
+        os.sched_setaffinity(0, args.client_cpus)
     spec.engines = [v.engine for v in variants]
     engine_defaults(spec, model_dir)
     out = Path(args.out or f"results/ab-{spec.name}")
     cfg = ABConfig(pairs=args.pairs, warmup_calls=args.warmup_calls, confidence=args.confidence,
+                   server_cpus=args.server_cpus, client_cpus=args.client_cpus,
                    command=shlex.join(["tierbench", *sys.argv[1:]]) if sys.argv[1:2] == ["ab"] else "tierbench ab")
     try:
         code = run_ab(spec, variants, plans, workload, out, cfg, progress=sys.stderr.isatty() and not args.quiet, log=log)

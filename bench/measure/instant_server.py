@@ -83,7 +83,10 @@ class Instant:
             if delay > 0:
                 await asyncio.sleep(delay)
             data = CHUNK.encode()
-            writes.append(time.perf_counter())  # EXPERIMENT
+            # stamped before the send: on 2 cores the send can wake the client onto this core before a
+            # stamp taken after it, and the server's delay would then be charged to the client. Before
+            # the send, the send's own cost is charged to the client: the conservative side.
+            writes.append(time.perf_counter())
             await loop.sock_sendall(sock, b"%x\r\n%s\r\n" % (len(data), data))
         usage = ('data: {"id":"cmpl-i","object":"text_completion","created":0,"model":"instant","choices":[],'
                  f'"usage":{{"prompt_tokens":{n_prompt},"completion_tokens":{n},"total_tokens":{n_prompt + n},'

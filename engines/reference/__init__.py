@@ -8,6 +8,8 @@ Modules, each named for what it holds:
   sequence.py         SamplingParams, per-request state (Sequence), StepOutput, Output
   block_pool.py       the KV block pool, prefix cache (chained block hashes), eviction order,
                       and per-sequence block tables (KVCacheManager)
+  retention.py        the retention policies of free cached blocks (--kv-retention): agent-aware,
+                      lru, next-call
   scheduler.py        token-budget scheduling, chunked prefill, preemption, QueueFullError
   attention_metadata.py  AttentionMetadata: the flat batch layout both attention implementations read
   attention.py        the paged attention op and KV store in PyTorch (the CPU path, the reference)

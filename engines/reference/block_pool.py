@@ -4,18 +4,23 @@ matching by chained block hashes, allocation for the tokens of a step, release.
 
 Eviction order for free blocks (a free block is one no running sequence references):
   1. blocks holding nothing reusable (no hash) go first;
-  2. then cached blocks, session by session, the session idle longest first (a session's
-     activity is a request arriving for it or releasing its blocks), and within a session the
-     block released longest ago first. A sequence releases its blocks tail first, so a session
-     loses its newest context before the prefix it shares with others.
-Requests without a session share one anonymous session, which makes the order plain LRU.
+  2. then cached blocks, in the order of the retention policy (`--kv-retention`, retention.py):
+     agent-aware (the default) goes session by session, the session idle longest first (a
+     session's activity is a request arriving for it or releasing its blocks), and within a
+     session the block released longest ago first; lru goes by release time alone; next-call goes
+     session by session, the session predicted to call again last first. A sequence releases its
+     blocks tail first, so a session loses its newest context before the prefix it shares with
+     others.
+Requests without a session share one anonymous session, which makes agent-aware's order plain LRU.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
+from engines.reference.retention import make_retention
 from engines.reference.sequence import Sequence
 
 # The parent "hash" of a sequence's first block. A constant (not hash(None)) so hashes agree
@@ -49,17 +54,18 @@ class PoolCounters:
 class BlockPool:
     """Blocks, reference counts, the hash -> block map, and the free-block eviction order."""
 
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, enable_caching: bool = True, retention: str = "agent-aware",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if num_blocks < 1:
             raise ValueError("need at least one KV block")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
+        self.retention = retention  # the policy's name
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.cached: dict[int, int] = {}  # block hash -> block id
         self._free_plain: deque[int] = deque(range(num_blocks))  # free, nothing cached
-        # session -> (block id -> None), free cached blocks; sessions in order of last activity
-        self._free_cached: OrderedDict[str | None, OrderedDict[int, None]] = OrderedDict()
-        self._session_of: dict[int, str | None] = {}  # free cached block id -> its session bucket
+        self._free_cached = make_retention(retention)  # free cached blocks in eviction order
+        self._clock = clock  # what next-call measures think times with (tests pass their own)
         self._num_free = num_blocks
         self.counters = PoolCounters()
 
@@ -73,9 +79,9 @@ class BlockPool:
         return 1.0 - self._num_free / self.num_blocks
 
     def touch_session(self, session_id: str | None) -> None:
-        """Mark a session active: its free cached blocks move to the back of the eviction order."""
-        if session_id in self._free_cached:
-            self._free_cached.move_to_end(session_id)
+        """A request of the session arrived: under agent-aware its free cached blocks move to the
+        back of the eviction order; next-call measures the session's think time."""
+        self._free_cached.arrive(session_id, self._clock())
 
     def lookup(self, block_hash: int) -> int | None:
         return self.cached.get(block_hash)
@@ -92,29 +98,23 @@ class BlockPool:
         """n fresh blocks with one reference each; may evict cached blocks (see module docstring)."""
         if n > self._num_free:
             raise NoFreeBlocksError(f"need {n} blocks, {self._num_free} free")
-        out = []
-        for _ in range(n):
-            if self._free_plain:
-                bid = self._free_plain.popleft()
-            else:
-                session, bucket = next(iter(self._free_cached.items()))
-                bid, _ = bucket.popitem(last=False)
-                if not bucket:
-                    del self._free_cached[session]
-                del self._session_of[bid]
-                block = self.blocks[bid]
-                del self.cached[block.block_hash]
-                block.block_hash = None
-                self.counters.evictions += 1
-            self.blocks[bid].ref_cnt = 1
+        out = [self._free_plain.popleft() for _ in range(min(n, len(self._free_plain)))]
+        for bid in self._free_cached.evict(n - len(out)):
+            block = self.blocks[bid]
+            del self.cached[block.block_hash]
+            block.block_hash = None
+            self.counters.evictions += 1
             out.append(bid)
+        for bid in out:
+            self.blocks[bid].ref_cnt = 1
         self._num_free -= n
         return out
 
-    def free(self, block_ids: Iterable[int], session_id: str | None = None) -> None:
+    def free(self, block_ids: Iterable[int], session_id: str | None = None, call_ended: bool = True) -> None:
         """Drop one reference from each block, in the given order, which becomes the eviction order
-        among them. Counts as activity of `session_id`."""
-        bucket = None
+        among them. Counts as activity of `session_id`; `call_ended` is False for a preemption
+        (the request waits to run again), which next-call does not take for the end of a call."""
+        newly_cached = []
         for bid in block_ids:
             block = self.blocks[bid]
             block.ref_cnt -= 1
@@ -124,14 +124,9 @@ class BlockPool:
             self._num_free += 1
             if block.block_hash is None:
                 self._free_plain.append(bid)
-                continue
-            if bucket is None:
-                bucket = self._free_cached.get(session_id)
-                if bucket is None:
-                    bucket = self._free_cached[session_id] = OrderedDict()
-            bucket[bid] = None
-            self._session_of[bid] = session_id
-        self.touch_session(session_id)
+            else:
+                newly_cached.append(bid)
+        self._free_cached.release(newly_cached, session_id, call_ended, self._clock())
 
     def cache_block(self, block_id: int, block_hash: int) -> bool:
         """Register a full, computed block under its hash. False (left uncached) when caching is
@@ -146,32 +141,24 @@ class BlockPool:
 
     def reset_prefix_cache(self) -> int:
         """Forget every free cached block (running sequences keep theirs). Returns how many."""
-        n = 0
-        for bucket in self._free_cached.values():
-            for bid in bucket:
-                block = self.blocks[bid]
-                del self.cached[block.block_hash]
-                block.block_hash = None
-                self._free_plain.append(bid)
-                n += 1
-        self._free_cached.clear()
-        self._session_of.clear()
-        return n
+        dropped = self._free_cached.clear()
+        for bid in dropped:
+            block = self.blocks[bid]
+            del self.cached[block.block_hash]
+            block.block_hash = None
+            self._free_plain.append(bid)
+        return len(dropped)
 
     def eviction_order(self) -> list[int]:
         """Free block ids in the order allocate() would hand them out (for tests and debugging)."""
-        return list(self._free_plain) + [bid for bucket in self._free_cached.values() for bid in bucket]
+        return list(self._free_plain) + self._free_cached.order()
 
     def _take_free(self, bid: int) -> None:
         block = self.blocks[bid]
         if block.block_hash is None:
             self._free_plain.remove(bid)  # O(n), but only reachable for uncached blocks, i.e. never via hits
         else:
-            session = self._session_of.pop(bid)
-            bucket = self._free_cached[session]
-            del bucket[bid]
-            if not bucket:
-                del self._free_cached[session]
+            self._free_cached.remove(bid)
         self._num_free -= 1
 
 
@@ -260,7 +247,8 @@ class KVCacheManager:
         seq.num_cached_blocks = n_full
 
     def free(self, seq: Sequence) -> None:
-        """Release seq's blocks, tail first (see the module docstring for why)."""
-        self.pool.free(reversed(seq.block_table), seq.session_id)
+        """Release seq's blocks, tail first (see the module docstring for why). A sequence not
+        finished is being preempted: its call has not ended."""
+        self.pool.free(reversed(seq.block_table), seq.session_id, call_ended=seq.is_finished)
         seq.block_table = []
         seq.num_cached_blocks = 0

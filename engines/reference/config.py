@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from engines.reference.retention import POLICIES as RETENTION_POLICIES
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -148,6 +150,7 @@ class EngineConfig:
     kv_cache_memory_bytes: int | None = None
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
+    kv_retention: str = "agent-aware"  # which free cached blocks go first: retention.POLICIES
     # Scheduler
     max_num_batched_tokens: int = 8192  # token budget per step: decodes + prefill chunks
     max_num_seqs: int = 256  # running sequences at most
@@ -171,6 +174,8 @@ class EngineConfig:
             raise ValueError("load_format must be auto, safetensors or dummy")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of two")
+        if self.kv_retention not in RETENTION_POLICIES:
+            raise ValueError(f"kv_retention must be one of {', '.join(RETENTION_POLICIES)}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError("attention_backend must be auto, torch or triton")
         if self.cuda_graph_max_batch < 1:

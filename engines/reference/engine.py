@@ -29,7 +29,7 @@ class LLMEngine:
             raise ValueError(f"{config.model!r} is a named shape without weights: use load_format='dummy'")
         self.max_model_len = config.max_model_len or min(self.model_config.max_position_embeddings, 32768)
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
-        self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching)
+        self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, config.kv_retention)
         self.kv = KVCacheManager(self.pool, config.block_size)
         self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
@@ -228,4 +228,5 @@ class LLMEngine:
             "steps": sc.steps,
             "attention_backend": self.runner.backend,
             "decode_path": self.runner.decode_path,
+            "kv_retention": self.pool.retention,
         }

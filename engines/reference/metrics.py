@@ -105,6 +105,8 @@ def render_metrics(stats: dict, m: ServerMetrics, model_name: str, engine_alive:
     one("tierbench_kv_total_blocks", g, "KV blocks in the pool.", s["num_total_blocks"])
     one("tierbench_kv_cached_blocks", g, "KV blocks registered in the prefix cache.", s["num_cached_blocks"])
     one("tierbench_kv_block_size", g, "Tokens per KV block.", s["block_size"])
+    metric("tierbench_kv_retention_info", g, "The KV retention policy (--kv-retention), as a label; always 1.",
+           [(f'policy="{_esc(str(stats.get("kv_retention", "")))}"', 1)])
     one("tierbench_prefix_hit_rate", g, "Prefix-cache hit rate over prompt tokens since start.",
         s["prefix_hit_rate"])
     for key, help_ in (("prefix_queried_tokens", "Prompt tokens looked up in the prefix cache."),

@@ -6,6 +6,8 @@ import argparse
 import os
 import re
 
+from engines.reference.retention import POLICIES as RETENTION_POLICIES
+
 # Request bodies over this get 413. A 200k-token prompt sent as token ids ("123456, " each) is about
 # 1.6 MB of JSON, as text about 0.8 MB: 4 MiB holds the longest contexts with room to spare and
 # turns away a runaway 10 MB body before it is read into memory.
@@ -77,6 +79,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     e.add_argument("--max-waiting", type=positive_int, default=None,
                    help="waiting requests at most; beyond, requests get 503 with Retry-After")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
+    e.add_argument("--kv-retention", choices=RETENTION_POLICIES, default=None,
+                   help="which free cached KV blocks are evicted first: agent-aware (default: the session "
+                        "idle longest), lru (oldest release), next-call (the session predicted to call again last)")
     e.add_argument("--step-delay-ms", type=nonneg_float, default=None,
                    help="sleep added to every engine step (to test regression gates)")
     e.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
@@ -97,7 +102,7 @@ _ENGINE_ARGS = {
     "max_num_batched_tokens": "max_num_batched_tokens", "max_waiting": "max_waiting",
     "step_delay_ms": "step_delay_ms", "dtype": "dtype", "load_format": "load_format", "seed": "seed",
     "device": "device", "attention_backend": "attention_backend", "num_threads": "num_threads",
-    "enforce_eager": "enforce_eager",
+    "enforce_eager": "enforce_eager", "kv_retention": "kv_retention",
 }
 
 

@@ -301,8 +301,8 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
     name = served_model_name or model
     aliases = [model, str(Path(model).resolve()), Path(model).name]
     app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body)
-    log.warning("serving %s on http://%s:%d (max_model_len %d, %d KV blocks of %d)", name, host, port,
-                engine.max_model_len, engine.pool.num_blocks, config.block_size)
+    log.warning("serving %s on http://%s:%d (max_model_len %d, %d KV blocks of %d, KV retention %s)", name, host,
+                port, engine.max_model_len, engine.pool.num_blocks, config.block_size, config.kv_retention)
     raise_fd_limit()  # every idle client connection holds a descriptor
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                 timeout_graceful_shutdown=5)
@@ -311,4 +311,7 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="python -m engines.reference.server", description=__doc__.split("\n")[0])
     add_serve_arguments(_parser)
-    run_from_args(_parser.parse_args())
+    try:
+        run_from_args(_parser.parse_args())
+    except ValueError as e:  # a bad engine setting found once the model is known: one line, exit 2
+        _parser.exit(2, f"{_parser.prog}: error: {e}\n")

@@ -46,10 +46,13 @@ RTT, a spike included), x-tierbench-route-reason and, on a call with injected fa
 x-tierbench-faults (e.g. "stall,spike"). Upstream's header fields and body are forwarded as they
 are; a stream is re-framed in chunks as its pieces arrive. `--log PATH` appends one JSON line per
 call: request_id, session, call_index, tier, rtt_ms, reason, status, stream, error, faults (the
-injected ones: [] or some of "reset", "stall", "error", "spike"), and perf_counter timestamps (received,
-upstream_sent, upstream_first (the first body bytes from upstream), first_out (their delivery),
-done) plus wall-clock `time`; with --trace-chunks also every piece's arrival and delivery time
-(`chunks_in`, `chunks_out`).
+injected ones: [] or some of "reset", "stall", "error", "spike"), and perf_counter timestamps (the
+system-wide monotonic clock, so comparable with the client's) of when the gateway held and
+released each part: received (the request read: uplink hold starts), upstream_sent (released to
+the engine), upstream_first and upstream_last (the first and last body bytes from upstream:
+downlink holds start), first_out and last_out (their release to the client), done; plus
+wall-clock `time`. With --trace-chunks also every piece's arrival and release time (`chunks_in`,
+`chunks_out`).
 
 Errors: an unreachable upstream gives 502, an upstream error status is passed back with an
 OpenAI-style error body ({"error": {"message", "type", "code"}}); upstream's own JSON error body

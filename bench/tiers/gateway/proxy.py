@@ -217,7 +217,7 @@ class Gateway:
                "call_index": info.call_index, "tier": name, "rtt_ms": rtt * 1e3, "reason": reason, "path": req.path,
                "stream": bool(call.get("stream")), "status": None, "error": None, "faults": faults,
                "fault_ms": fault_ms, "received": req.received, "upstream_sent": None, "upstream_first": None,
-               "first_out": None, "done": None}
+               "upstream_last": None, "first_out": None, "last_out": None, "done": None}
         self.calls += 1
         chunks_in = [] if self.trace_chunks else None
         down = Downlink(writer, self._timers(), [] if self.trace_chunks else None)
@@ -247,7 +247,7 @@ class Gateway:
             raise
         finally:
             rec["done"] = time.perf_counter()
-            rec["first_out"] = down.first_out
+            rec["first_out"], rec["last_out"] = down.first_out, down.last_out
             if self.trace_chunks:
                 rec["chunks_in"], rec["chunks_out"] = chunks_in, down.trace
             if self.log is not None:

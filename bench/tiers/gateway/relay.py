@@ -62,7 +62,7 @@ async def relay(conn: UpstreamConn, up: Upstream, ours: bytes, down: Downlink, l
             conn.close()
             raise HTTPError(502, f"upstream {up.url} broke off its answer: {e}", "upstream_error") from None
         arrived = time.perf_counter()
-        rec["upstream_first"] = arrived
+        rec["upstream_first"] = rec["upstream_last"] = arrived
         if chunks_in is not None:
             chunks_in.append(arrived)
         up.give_back(conn)
@@ -126,6 +126,7 @@ async def _stream(conn: UpstreamConn, down: Downlink, link: Link, rec: dict, chu
             now = time.perf_counter()
             if rec["upstream_first"] is None:
                 rec["upstream_first"] = now
+            rec["upstream_last"] = now
             if chunks_in is not None:
                 chunks_in.append(now)
             if strike is not None:

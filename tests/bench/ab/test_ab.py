@@ -20,12 +20,20 @@ from tests.bench.test_gate_e2e import COUNTERS, SPEC, tierbench
 REPO = Path(__file__).resolve().parents[3]
 
 
+def worktrees() -> list[str]:
+    out = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines()]
+
+
 @pytest.mark.slow
 def test_ab_rounds_alternate_and_counters_agree_exactly(tmp_path):
     out = tmp_path / "ab"
-    r = tierbench("ab", str(SPEC), "--a", "ref:HEAD", "--pairs", "2", "--out", str(out), "--quiet")
+    before = worktrees()
+    pin = ["--server-cpus", "1", "--client-cpus", "0"] if len(os.sched_getaffinity(0)) >= 2 else []
+    r = tierbench("ab", str(SPEC), "--a", "ref:HEAD", "--pairs", "2", *pin, "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     ab = json.loads((out / "ab.json").read_text())
+    assert ab["pinning"]["server_cpus"] == ([1] if pin else None)
     assert ab["status"] == "completed" and ab["pairs"] == 2
     assert [r["variant"] for r in ab["rounds"]] == ["A", "B", "B", "A"]
     assert ab["variants"]["A"]["label"].startswith("reference@") and ab["variants"]["A"]["commit"]
@@ -38,9 +46,7 @@ def test_ab_rounds_alternate_and_counters_agree_exactly(tmp_path):
     assert (df.groupby("tier").size() == ab["rounds"][0]["calls"]).all() and (df["status"] == "ok").all()
     row = ab["comparison"]["tpot_p50"]
     assert len(row["pair_ratios"]) == 2 and len(row["within_round"]) == 2 and row["within_round"][0]["paired"]
-    # the worktree is gone
-    assert not any("tierbench-ab-" in line for line in subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout.splitlines())
+    assert worktrees() == before  # A's worktree is gone
 
     g = tierbench("gate", "--ab", str(out), *[a for c in COUNTERS for a in ("--metric", c)],
                   "--advisory", "tpot_p50", "--markdown", str(tmp_path / "g.md"), "--junit", str(tmp_path / "g.xml"))
@@ -80,6 +86,8 @@ def test_ab_variant_kinds_are_checked(tmp_path):
     assert r.returncode == 2 and "variant B: server flags '--x' cannot be given to a running URL" in r.stderr
     r = tierbench("ab", str(SPEC), "--pairs", "1")
     assert r.returncode == 2 and "an interval needs two pairs" in r.stderr
+    r = tierbench("ab", str(SPEC), "--server-cpus", "999")
+    assert r.returncode == 2 and "--server-cpus: '999': CPU 999 is not available here" in r.stderr
 
 
 @pytest.mark.slow

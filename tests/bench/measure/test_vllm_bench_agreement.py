@@ -19,22 +19,45 @@
    on one event loop vs. tierbench's own HTTP/1.1 reader (bench/load/wire.py) on threads), a few request fields (vLLM adds
    repetition_penalty 1 and logprobs null, tierbench min_tokens), and, for throughput, the
    duration each divides by (see 1).
-   Each tool runs three times, interleaved in time (V T V T V T) so that drift in the machine's
-   load hits both alike, and the medians over runs of each compared figure must agree within the
-   noise: twice the larger of the two tools' spreads (max - min over its own three runs), floored
-   at 3 % of vLLM's figure, and for TTFT and E2EL at 2 ms, about the measured difference between
-   the two clients' own overheads (CLIENT_OVERHEAD_FLOOR_MS). With runs that differ only by noise
-   this fails about 0.5 % of the time per figure (simulated: normal noise, or runs slowed at random
-   by background load). The noise is measured in each test run, not assumed: on a 2-core machine
-   shared with other work whole runs move (TPOT 2.7 -> 8 ms between two runs of the same tool has
-   been seen) and the tolerance widens with them; on a quiet machine it is about 10-30 %.
+   Both tools get the same CPU: the server is pinned to core 0 and whichever client is measuring to
+   core 1 (os.sched_setaffinity, inherited by their children), so neither client competes with the
+   server for a core. Each tool runs RUNS = 7 times, interleaved in rounds (V T V T ...) so that drift
+   in the machine's load hits both alike.
+
+   Latency medians (ttft_p50, tpot_p50, itl_p50, e2el_p50): the median over rounds of the paired
+   difference (tierbench - vLLM, same round) must lie within MEDIAN_TOL = 15 % of vLLM's figure, or
+   within 3 standard errors of that median where this run's own round-to-round noise is larger; TTFT
+   and E2EL may be lower under tierbench by up to 5 ms besides (vLLM's client times its own aiohttp
+   work: CLIENT_OFFSET_MS), never higher. Means and throughputs: twice the larger same-tool spread,
+   floored at 10 % (means) and 3 % (throughputs).
+
+   Why not 5 %: measured on this shared 2-core machine with server and clients pinned as above,
+   tierbench minus vLLM relative to vLLM, one figure per test run:
+     3 rounds, median over runs, quiet:  tpot_p50 +12.3 -3.2 +2.0   itl_p50 +7.4 -0.7 +0.1
+                                         e2el_p50 +7.8 -3.1 +0.1    ttft_p50 -10.9 -14.3 -15.3 %
+                                         (-0.8, -1.0, -1.2 ms); user-space stamps: tpot_p50 +18.3,
+                                         -5.8; unpinned: +6.7 %
+     7 rounds, paired, another test suite running on the machine (E), quieter (F, G), noisy (H):
+                 tpot_p50    E -6.5 +12.0 -1.7    F +10.2 +0.5   G +0.5 +5.3   H  -6.6
+                 itl_p50     E -1.3  +8.0 -0.1    F  +6.4 -0.1   G -0.4 +5.7   H -15.0
+                 e2el_p50    E -10.8 +6.6 -4.4    F  +5.9 -0.6   G -2.4 +1.7   H  -7.1
+                 ttft_p50    E -3.8 -0.9 -1.1 ms  F -0.8 -1.0    G -0.8 -1.0   H  -1.5 ms
+   A flat 5 % fails about half of these. Part is noise (one tool's TPOT p50 moves 0.574..0.653 ms
+   within three runs), part is not: in the first run F the tierbench rounds had a TPOT 9-11 % higher
+   than the vLLM round beside them in 4 of 7 rounds, with each client on its own core and the server
+   alone on its own (the cause is not found; the server does no extra work for tierbench's
+   min_tokens with ignore_eos). 15 % covers every paired difference measured with the default client
+   (at most 12.0 %, and 15.0 % in run H, whose own noise widened its bar to 31 %); the throughputs
+   agreed to 0.0-1.0 % in every run, the definitions (1.) exactly.
 
 Skipped where vLLM cannot be imported (engines.launch.have_vllm).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -54,7 +77,7 @@ REPO = Path(__file__).resolve().parents[3]
 # of sends), light enough for the tiny model on one torch thread to keep up, so that latencies are
 # the server's service time plus what the client adds, with occasional batching.
 N, IN, OUT, RATE, SEED = 24, 256, 64, 8.0, 1
-RUNS = 3  # per tool
+RUNS = 7  # per tool
 COMPARED = ["ttft_mean", "ttft_p50", "tpot_mean", "tpot_p50", "itl_mean", "itl_p50", "e2el_mean", "e2el_p50",
             "request_throughput", "output_throughput"]  # p99 of 24 rests on the two slowest: too noisy
 NOISE_K, NOISE_FLOOR = 2.0, 0.03
@@ -66,14 +89,42 @@ NOISE_K, NOISE_FLOOR = 2.0, 0.03
 # 2-core machine, for the same server. Figures containing TTFT get that much (with margin) as an
 # absolute floor; ITL and TPOT agreed to 0.01 ms there.
 CLIENT_OVERHEAD_FLOOR_MS = {"ttft": 2.0, "e2el": 2.0}
-# On this 2-core machine the client under test also competes with the server for CPU, and the two
-# clients do not cost the same: in one clean-clone CI run every latency figure, TPOT and ITL
-# included (which no client overhead reaches), was 18-23% lower under tierbench's client than
-# under vLLM's (aiohttp in a process that has imported vLLM), while the throughputs agreed to
-# 0.2% and the definitions exactly. That is the server running slower while vLLM's client
-# measures, not a difference in what is measured, so latency figures get a relative floor that
-# covers it; throughputs keep NOISE_FLOOR. The exact definitions check above pins the formulas.
-CPU_SHARE_FLOOR = 0.30
+# The latency medians must agree within MEDIAN_TOL of vLLM's figure, or NOISE_SE standard errors
+# where this run's own round-to-round noise is larger (see bounds; the module doc has the numbers and
+# why not 5 %).
+# TTFT and E2EL may besides be lower under tierbench by CLIENT_OFFSET_MS, never higher: vLLM's client
+# times aiohttp's own work from before the send to the parsed first chunk, and that work grows with the
+# load on the client's core, while tierbench's chunk times are the kernel's receive stamps. Measured
+# here (tierbench minus vLLM, TTFT p50): -0.8 to -1.2 ms on a quiet machine, -2.2 to -3.8 ms while
+# another test suite ran on it. Means (one slow request moves them) and throughputs keep the noise
+# rule: NOISE_K x the larger same-tool spread, floored at MEAN_FLOOR / NOISE_FLOOR.
+MEDIANS = ("ttft_p50", "tpot_p50", "itl_p50", "e2el_p50")
+MEDIAN_TOL = 0.15
+NOISE_SE = 3.0
+CLIENT_OFFSET_MS = {"ttft": 5.0, "e2el": 5.0}
+MEAN_FLOOR = 0.10
+
+# The same CPU for both clients: the server on core 0, whichever client is measuring on core 1, so
+# that neither client takes CPU from the server (or the server from it) and the two see the same
+# conditions. Children inherit the affinity of the thread that starts them. None where this process
+# may not use two cores (then nothing is pinned).
+_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPUS, CLIENT_CPUS = ({_CPUS[0]}, {_CPUS[1]}) if len(_CPUS) >= 2 else (None, None)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None):
+    """This thread on `cpus` while the block runs (so what it starts inherits them), then as before.
+    (Not a preexec_fn: that is unsafe in a process with threads, and this one has the runner's reader.)"""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 class VllmRunner:
@@ -83,8 +134,9 @@ class VllmRunner:
     def __init__(self, log: Path):
         self.log_path = log
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([vllm_python(), "-m", "bench.measure.vllm_agreement"], cwd=REPO, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        with pinned(CLIENT_CPUS):  # vLLM's client: core 1
+            self.proc = subprocess.Popen([vllm_python(), "-m", "bench.measure.vllm_agreement"], cwd=REPO, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -134,7 +186,11 @@ def bench_env(tiny_model_dir, tmp_path_factory):
                             "--no-prefix-caching"], env={"TIERBENCH_API_KEY": ""})
     server = Server(spec, d)
     try:
-        server.start()
+        with pinned(SERVER_CPUS):  # the server and every thread it starts: core 0
+            server.start()
+        if SERVER_CPUS:
+            assert os.sched_getaffinity(server.proc.pid) == SERVER_CPUS
+            assert os.sched_getaffinity(runner.proc.pid) == CLIENT_CPUS
         ready = runner.wait(300)
         if ready is None:
             if not have_vllm():
@@ -160,9 +216,11 @@ def run_vllm(env, name: str) -> dict:
 def run_tierbench(env, name: str) -> tuple[dict, Path]:
     """`tierbench run` in open loop: the trace's one-call sessions sent at its timestamps."""
     out = env["dir"] / name
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "--trace", str(env["trace"]), "--format", "mooncake",
-                        "--engine", env["server"].base_url, "--model", str(env["model"]), "--mode", "open",
-                        "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=180, cwd=REPO)
+    with pinned(CLIENT_CPUS):  # tierbench's client: core 1
+        r = subprocess.run([sys.executable, "-m", "bench", "run", "--trace", str(env["trace"]), "--format",
+                            "mooncake", "--engine", env["server"].base_url, "--model", str(env["model"]), "--mode",
+                            "open", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=180,
+                           cwd=REPO)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     info = json.loads((out / "run.json").read_text())
     (summary,) = info["summary"].values()
@@ -223,23 +281,45 @@ def test_tierbench_agrees_with_vllm_bench_serve(bench_env):
         lag = send_offsets(req["sent"]) - want
         assert np.median(np.abs(lag)) < 0.02 and np.abs(lag).max() < 0.5, lag
 
-    # --- 2. measurements: medians over runs agree within the same-tool spread
+    # --- 2. measurements: the tools' figures agree within the tolerance (see bounds)
     vllm_sum = [summary_from_vllm(r) for r in vllm_runs]  # == vLLM's figures (checked above)
     rows, bad = [], []
     for key in COMPARED:
         v = np.array([s[key] for s in vllm_sum])
         t = np.array([s[key] for s, _ in tb_runs])
-        vm, tm = float(np.median(v)), float(np.median(t))
-        spread = max(np.ptp(v), np.ptp(t))
-        floor = NOISE_FLOOR if key.endswith("throughput") else CPU_SHARE_FLOOR
-        tol = max(NOISE_K * spread, floor * abs(vm), CLIENT_OVERHEAD_FLOOR_MS.get(key.split("_")[0], 0.0))
-        rows.append(f"{key:20} vllm {vm:9.3f} [{v.min():.3f}..{v.max():.3f}]  tierbench {tm:9.3f} "
-                    f"[{t.min():.3f}..{t.max():.3f}]  diff {tm - vm:+8.3f} ({(tm - vm) / vm:+6.1%})  tol {tol:.3f}")
-        if abs(tm - vm) > tol:
+        vm = float(np.median(v))
+        diff, lo, hi = bounds(key, v, t)
+        rows.append(f"{key:20} vllm {vm:9.3f} [{v.min():.3f}..{v.max():.3f}]  tierbench {np.median(t):9.3f} "
+                    f"[{t.min():.3f}..{t.max():.3f}]  diff {diff:+8.3f} ({diff / vm:+6.1%})  allowed [{lo:+.3f}, "
+                    f"{hi:+.3f}] ({hi / vm:.1%})  per round " + " ".join(f"{b / a - 1:+.1%}" for a, b in zip(v, t)))
+        if not lo <= diff <= hi:
             bad.append(key)
     table = "\n".join(rows)
     print(f"{RUNS} runs per tool, {N} requests each, {wall:.1f} s\n{table}")
-    assert not bad, f"outside the noise: {bad}\n{table}"
+    assert not bad, f"outside the tolerance: {bad}\n{table}"
+
+
+def bounds(key: str, v: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
+    """tierbench's figure minus vLLM's, and the range it must lie in, for one compared figure from the
+    runs of each tool (v[i] and t[i] ran back to back, round i).
+
+    Latency medians (MEDIANS): the median over rounds of the paired difference t[i] - v[i], within
+    MEDIAN_TOL of vLLM's figure, or, where this run's own noise is larger, NOISE_SE standard errors of
+    that median (estimated from the rounds' spread: 1.4826 x MAD x 1.253 / sqrt(rounds)). TTFT and
+    E2EL may be lower by CLIENT_OFFSET_MS besides, never higher. Means and throughputs:
+    the difference of the medians over runs within NOISE_K x the larger same-tool spread, floored."""
+    metric = key.split("_")[0]
+    vm = float(np.median(v))
+    if key in MEDIANS:
+        d = t - v
+        diff = float(np.median(d))
+        se = 1.4826 * float(np.median(np.abs(d - diff))) * 1.253 / np.sqrt(len(d))
+        tol = max(MEDIAN_TOL * abs(vm), NOISE_SE * se)
+        return diff, -tol - CLIENT_OFFSET_MS.get(metric, 0.0), tol
+    diff = float(np.median(t)) - vm
+    floor = NOISE_FLOOR if key.endswith("throughput") else MEAN_FLOOR
+    tol = max(NOISE_K * max(np.ptp(v), np.ptp(t)), floor * abs(vm), CLIENT_OVERHEAD_FLOOR_MS.get(metric, 0.0))
+    return diff, -tol, tol
 
 
 def test_vllm_output_converts_to_requests_table():
