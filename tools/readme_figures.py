@@ -187,7 +187,9 @@ def ab_row(metric: str, c: dict) -> str:
     words = ratio_words(lo, hi, *(("reference wins", "reference loses") if c["higher_is_better"]
                                   else ("reference loses", "reference wins")))
     unit = "tok/s" if metric == "output_throughput" else "ms"
-    return (f"| {metric} | {c['a']:.4g} {unit} | {c['b']:.4g} {unit} | {est:.2f} [{lo:.2f}, {hi:.2f}] | {words} |")
+    digits = 2 if f"{lo:.2f}" != f"{hi:.2f}" else 4  # a narrow interval keeps the digits that decide it
+    return (f"| {metric} | {c['a']:.4g} {unit} | {c['b']:.4g} {unit} | {est:.{digits}f} [{lo:.{digits}f}, "
+            f"{hi:.{digits}f}] | {words} |")
 
 
 def render_ab(root: Path, name: str) -> str:
@@ -230,13 +232,26 @@ def render_ab_trials(root: Path) -> str:
            f"**{ident['gate_passed']}/{ident['trials']}** trials (bar: at least 19/20);",
            f"- B slowed by `--step-delay-ms {cal['step_delay_ms']:.3f}` (15% of the TPOT p50 of "
            f"{cal['tpot_p50_ms']:.3f} ms; measured TPOT ratio {tpot_ratio:.2f}, output throughput ratio "
-           f"{thr_ratio:.2f}, medians over trials): the gate failed on TPOT p50 in "
+           f"{thr_ratio:.2f}, medians over trials: a sleep this short overshoots, so the step grew by more than "
+           f"the nominal 15%): the gate failed on TPOT p50 in "
            f"**{slow['failed_on']['tpot_p50']}/{slow['trials']}** and on output throughput in "
            f"**{slow['failed_on']['output_throughput']}/{slow['trials']}** trials (bar: at least 19/20 each);"]
     if s.get("code"):
         c = s["code"]
         out.append(f"- B a commit whose engine sleeps as long in every step by default (the change CI must catch): "
                    f"the gate failed in **{c['gate_failed']}/{c['trials']}** trials;")
+    small = _load(root, "results/ab-trials/trials-smaller.json")
+    if small is not None:
+        ss = small["summary"]["slowed"]
+        st = [t for t in small["trials"] if t["kind"] == "slowed"]
+        out.append(f"- a smaller delay, `--step-delay-ms {small['calibration']['step_delay_ms']:.3f}` (measured TPOT ratio "
+                   f"{median(t['metrics']['tpot_p50']['ratio'] for t in st):.2f}, output throughput ratio "
+                   f"{median(t['metrics']['output_throughput']['ratio'] for t in st):.2f}), near the 10% allowance: "
+                   f"failed on TPOT p50 in **{ss['failed_on']['tpot_p50']}/{ss['trials']}**, on output throughput in "
+                   f"**{ss['failed_on']['output_throughput']}/{ss['trials']}** trials; identical code passed in "
+                   f"{small['summary']['identical']['gate_passed']}/{small['summary']['identical']['trials']} "
+                   f"([results/ab-trials/trials-smaller.json](results/ab-trials/trials-smaller.json), "
+                   f"`{small['provenance']['environment'].get('command')}`);")
     out += [f"- one A/B gate (both servers started, warm-up, {2 * d['pairs']} rounds, the gate) took "
             f"**{median(walls):.0f} s** (median; max {max(walls):.0f} s; goal under 180 s).", "",
             _source(rel, d["provenance"]["environment"].get("command", "python -m tools.ab_trials"))]
