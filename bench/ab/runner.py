@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.ab.rounds import play_round, warm_up
 from bench.ab.variants import Variant, VariantError, check_out, remove_worktree
 from bench.load.recorder import Recorder
+from bench.load.workload import write_workload
 from bench.rundir import RunDir, write_parquet
 from engines.launch import Server, ServerDied, counter_delta
 from engines.provenance import now
@@ -51,7 +52,6 @@ def run_ab(spec, variants: tuple[Variant, Variant], plans, workload: dict, out: 
     rd = RunDir(out, spec)
     for old in (out / "ab.json", *out.glob("server-*.log")):
         old.unlink(missing_ok=True)
-    from bench.load.workload import write_workload
     write_workload(plans, out / "workload.jsonl")
     rd.info["workload"] = workload
     ab = {"kind": "tierbench-ab", "name": spec.name, "status": "running", "confidence": cfg.confidence,
@@ -79,8 +79,8 @@ def run_ab(spec, variants: tuple[Variant, Variant], plans, workload: dict, out: 
             s.stop()
         for v in variants:
             remove_worktree(v)
-        if ab["status"] == "running":
-            ab["status"] = "failed before the first round"
+        if ab["status"] == "running":  # an exception on its way out
+            ab["status"] = (f"failed in round {len(ab['rounds'])}" if ab["rounds"] else "failed before the first round")
         _finalize(out, rd, ab, cfg)
     return code
 
