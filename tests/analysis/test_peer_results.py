@@ -26,7 +26,7 @@ from analysis.peers import peer_kind, requests_from_aiperf
 from analysis.rundata import load_run
 from bench.cli import main
 from bench.measure.vllm_agreement import vllm_args, write_timed_trace
-from tests.bench.measure.test_vllm_bench_agreement import CLIENT_OVERHEAD_FLOOR_MS, CPU_SHARE_FLOOR, NOISE_K, VllmRunner
+from tests.bench.measure.test_vllm_bench_agreement import CLIENT_OVERHEAD_FLOOR_MS, NOISE_K, VllmRunner
 from tests.conftest import RefServer, serving
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +37,9 @@ N, IN, OUT, RATE, RUNS = 16, 256, 32, 6.0, 2
 # time mostly a fixed wait, what remains between the tools is their measured client difference.
 STEP_DELAY_MS = 5
 MEDIANS = ("ttft_p50", "tpot_p50", "e2el_p50")
+# Here neither the server nor the clients are pinned: on 2 cores the server runs up to about 20 %
+# slower while vLLM's client shares its CPU (module doc).
+CPU_SHARE_FLOOR = 0.30
 
 
 @pytest.mark.slow
