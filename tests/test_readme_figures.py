@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from analysis.ab import log_t_interval
+
 from tools import gpu_table, readme_figures as rf
 
 
@@ -53,10 +55,12 @@ def test_gpu_table_says_not_met_where_a_target_is_missed():
 
 def test_ratio_interval_over_paired_repeats():
     # the same 10% speedup every repeat: no spread, an interval of zero width around 1.1
-    est, lo, hi = rf.ratio_interval([1.1, 2.2, 3.3], [1.0, 2.0, 3.0])
+    iv = log_t_interval([1.1 / 1.0, 2.2 / 2.0, 3.3 / 3.0], 0.95)
+    est, lo, hi = iv.estimate, iv.lo, iv.hi
     assert est == pytest.approx(1.1) and lo == pytest.approx(1.1) and hi == pytest.approx(1.1)
     # ratios on both sides of 1: the interval includes 1
-    est, lo, hi = rf.ratio_interval([0.9, 1.2, 0.95, 1.1], [1.0, 1.0, 1.0, 1.0])
+    iv = log_t_interval([0.9, 1.2, 0.95, 1.1], 0.95)
+    lo, hi = iv.lo, iv.hi
     assert lo < 1 < hi
     assert rf.ratio_words(lo, hi, "faster", "slower") == "no difference measured"
     assert rf.ratio_words(1.05, 1.2, "faster", "slower") == "faster"

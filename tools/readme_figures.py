@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from statistics import median
 
-from scipy.stats import t as student_t
 
+from analysis.ab import log_t_interval
 from tools import gpu_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,19 +37,6 @@ def _source(rel: str, reproduce: str) -> str:
 
 # ---- the reference engine offline -------------------------------------------------------------
 
-def ratio_interval(num: list[float], den: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(geometric mean, lo, hi) of num[i]/den[i] over paired repeats: a Student-t interval on the
-    log ratios, so a repeat where both sides were slowed by the machine cancels out."""
-    logs = [math.log(a / b) for a, b in zip(num, den, strict=True)]
-    n = len(logs)
-    mean = sum(logs) / n
-    if n < 2:
-        return math.exp(mean), math.nan, math.nan
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    half = student_t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-
-
 def ratio_words(lo: float, hi: float, above: str, below: str) -> str:
     """`above` where the whole interval is above 1, `below` where it is below, else no difference."""
     if lo > 1:
@@ -65,7 +52,10 @@ def render_offline(root: Path) -> str:
     if d is None:
         return f"Not yet measured ({rel} is absent)."
     w, eng, hf, ph = d["workload"], d["engine"], d["hf_transformers"], d["phases"]
-    est, lo, hi = ratio_interval(hf["runs_s"], eng["runs_s"])
+    # paired repeats: a Student-t interval on the log ratios, so a repeat where both sides were
+    # slowed by the machine cancels out (the A/B comparison's own interval)
+    iv = log_t_interval([h / e for h, e in zip(hf["runs_s"], eng["runs_s"], strict=True)], CONFIDENCE)
+    est, lo, hi = iv.estimate, iv.lo, iv.hi
     words = ratio_words(lo, hi, "the reference engine is faster", "the reference engine is slower")
     return "\n".join([
         f"{w['num_prompts']} prompts x {w['prompt_len']} tokens in / {w['output_len']} out, {w['dtype']}, "
