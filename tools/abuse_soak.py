@@ -34,7 +34,7 @@ from bench.measure.soak import MEMORY_BAR, metric, rss_bytes
 from engines.process import raise_fd_limit
 
 WARMUP_FRACTION, WINDOW = 0.2, 0.1  # warm-up, and the windows compared (shares of the time)
-STREAM = b'{"prompt": [%s], "max_tokens": %d, "stream": true}'
+STREAM = b'{"prompt": [%s], "max_tokens": %d, "stream": true, "ignore_eos": true}'  # a random model can say EOS: these streams must run until cut
 MALFORMED = [  # each must get 400 from the gateway
     b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
