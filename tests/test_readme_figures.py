@@ -186,6 +186,7 @@ def _retention_study(unreliable: bool = False) -> dict:
     def pt(p90, lo, hi, evicted):
         return {"makespan_p50_s": iv(p90 / 2, p90 / 2 - 1, p90 / 2 + 1), "makespan_p90_s": iv(p90, lo, hi),
                 "ttft_p99_ms": iv(120.0, 100.0, 150.0), "prefix_hit_vs_ideal": 0.93, "evicted_tokens_per_call": evicted,
+                "lost_tokens_per_call": None if evicted is None else evicted / 4,
                 "recomputed_tokens_per_call": 0.0, "computed_prompt_tokens_per_call": 310.0,
                 "ideal_computed_prompt_tokens_per_call": 250.0}
 
@@ -206,8 +207,8 @@ def test_retention_block_not_yet_measured_then_rendered(tmp_path):
     (tmp_path / "results/retention-cpu").mkdir(parents=True)
     (tmp_path / "results/retention-cpu/study.json").write_text(json.dumps(_retention_study()))
     text = rf.render_retention(tmp_path)
-    assert "| agent-aware | 8 | 12.5 [11.5, 13.5] | 25.0 [23.0, 27.0] | 120.0 [100.0, 150.0] | 0.93 | 512 | 0 | 310 (250) |" in text
-    assert "| vllm | 8 |" in text and "| - | 0 | 310" in text.split("| vllm | 8 |")[1]  # no eviction counter: "-"
+    assert "| agent-aware | 8 | 12.5 [11.5, 13.5] | 25.0 [23.0, 27.0] | 120.0 [100.0, 150.0] | 0.93 | 512 | 128 | 0 | 310 (250) |" in text
+    assert "| vllm | 8 |" in text and "| - | - | 0 | 310" in text.split("| vllm | 8 |")[1]  # no eviction counter: "-"
     assert "848 blocks of 16 tokens (13.2 MiB)" in text
     assert "agent-aware: N = 8; lru: N = 8; vllm: not reached (estimate alone: N = 8)" in text
     assert "N = 1: no difference measured; N = 8: agent-aware < lru" in text

@@ -393,7 +393,7 @@ def render_retention(root: Path) -> str:
            f"{sc['think_scale']:g} (think times, clipped at {sc['think_clip_s']:g} s first), {sc['calls']} calls a "
            f"session, {d['repetitions']} repetitions pooled. Intervals {d['confidence']:.0%}, resampling sessions.", "",
            "| engine / policy | N | makespan p50 [CI] s | makespan p90 [CI] s | TTFT p99 [CI] ms | hit vs ideal | "
-           "evicted tok/call | recomputed tok/call | computed tok/call (ideal) |", "|---|---:|---|---|---|---:|---:|---:|---:|"]
+           "evicted tok/call | lost tok/call | preempted tok/call | computed tok/call (ideal) |", "|---|---:|---|---|---|---:|---:|---:|---:|---:|"]
     marked = False
     for lab, pts in d["points"].items():
         for n, p in pts.items():
@@ -402,9 +402,14 @@ def render_retention(root: Path) -> str:
                      _ci(p["makespan_p90_s"]) if p["makespan_p90_s"]["lo"] is not None else "-",
                      _ci(p["ttft_p99_ms"]) if p["ttft_p99_ms"]["lo"] is not None else "-"]
             out.append(f"| {lab} | {n} | {' | '.join(cells)} | {_cell(p['prefix_hit_vs_ideal'], '.2f')} | "
-                       f"{_cell(p['evicted_tokens_per_call'], ',.0f')} | {_cell(p['recomputed_tokens_per_call'], ',.0f')} | "
+                       f"{_cell(p['evicted_tokens_per_call'], ',.0f')} | {_cell(p.get('lost_tokens_per_call'), ',.0f')} | "
+                       f"{_cell(p['recomputed_tokens_per_call'], ',.0f')} | "
                        f"{_cell(p['computed_prompt_tokens_per_call'], ',.0f')} "
                        f"({_cell(p['ideal_computed_prompt_tokens_per_call'], ',.0f')}) |")
+    out += ["", "Evicted: cached tokens dropped to make room; lost: prompt tokens a later call missed and "
+            "recomputed because an eviction had dropped them (the eviction's cost; evicted minus lost is what "
+            "nobody asked for again); preempted: tokens recomputed after a preemption; computed: prompt "
+            "tokens run through the model, against the trace's ideal prefix reuse."]
     if marked:
         out += ["", f"{DAGGER} unreliable: fewer than ten sessions (calls, for TTFT) in the interval's tail."]
     knees = "; ".join(f"{lab}: " + (f"N = {k['knee']}" if k["knee"] is not None else "not reached")

@@ -1,6 +1,6 @@
 """How many coding agents does one engine hold? The KV retention study on the CPU.
 
-    .venv/bin/python -m tools.retention_study                      # the study: 1,2,4,8,16 sessions
+    .venv/bin/python -m tools.retention_study                      # the study: 1,2,4,8,16,32 sessions, 3 repetitions
     .venv/bin/python -m tools.retention_study --sessions 1,2 --policies agent-aware,lru --repetitions 1 --no-vllm
 
 For each concurrent-session count N and each `--kv-retention` policy of the reference engine (and
@@ -18,15 +18,18 @@ The setting, and why it keeps the shape that matters here:
   its context and the shared prefixes, so prefix reuse keeps its shape (study.json holds the ideal
   hit ratio scaled and unscaled); outputs become a few tokens, so a call is mostly prefill.
 - Calls: the first CALLS = 8 calls of sessions that have at least 8 (trace.calls_per_session).
-- Think times times THINK_SCALE = 0.1 (median ~0.8 s, from ~8 s), after clipping the profile's
-  think times at THINK_CLIP_S = 60 s (6 s scaled; between the 85th and 90th percentiles after a tool
-  call, below the median after an end of turn, where a person answers): the tail runs to hours (a
-  user away), which would make one session last the whole study.
+- Think times times THINK_SCALE = 0.01 (median ~0.08 s, from ~8 s), after clipping the profile's
+  think times at THINK_CLIP_S = 60 s (0.6 s scaled; between the 85th and 90th percentiles after a
+  tool call, below the median after an end of turn, where a person answers): the tail runs to hours
+  (a user away), which would make one session last the whole study.
   Clipping is monotone, so which session has been idle longest (what the policies rank by) is kept
   but for ties at the clip. A call takes some 40 ms on this CPU (the median call of
-  results/cpu-agentic, at a similar scale) against ~1 s of think time, where on a GPU the ratio is
-  nearer 1:2: on purpose, so that compute alone would hold ~25 sessions and the KV budget binds
-  first. What is measured is the KV-bound regime, and what eviction costs in recompute.
+  results/cpu-agentic, at a similar scale), so a call and a think time stand about 1:2, as on a GPU
+  serving the unscaled trace (a 100k-token prefix hit plus a few hundred new tokens and a short
+  output: a second or two, against think times of seconds). At THINK_SCALE 0.1 (the first study)
+  the think time was 20x a call: makespan was all thinking, and recompute after eviction, though
+  it nearly doubled the prompt tokens computed per call at 16 sessions, moved makespan p90 by under
+  10% (results/retention-cpu-think0.1/study.json).
 - KV budget: B blocks of 16 tokens = BUDGET_MARGIN (1.5) x BUDGET_SESSIONS (4) x the mean working
   set of a session (its largest call's prompt + output, in blocks) in the workload run at N = 4:
   4 typical sessions fit with room to spare, 8 do not; at least the largest call (the engine rejects
@@ -64,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m tools.retention_study"
 OUT = REPO / "results" / "retention-cpu"
 PROFILE = "agentic-coding"
-TOKEN_SCALE, MAX_CONTEXT, THINK_SCALE, THINK_CLIP_S, CALLS, SEED = 0.02, 8192, 0.1, 60.0, 8, 0
+TOKEN_SCALE, MAX_CONTEXT, THINK_SCALE, THINK_CLIP_S, CALLS, SEED = 0.02, 8192, 0.01, 60.0, 8, 0
 BLOCK = 16  # the reference engine's block size
 VLLM_BLOCK = 32  # the smallest block vLLM's CPU attention takes
 BUDGET_SESSIONS, BUDGET_MARGIN = 4, 1.5
@@ -272,6 +275,7 @@ def point(runs: list[dict], facts: dict) -> dict:
             "makespan_p50_s": mk[50.0].to_dict(), "makespan_p90_s": mk[90.0].to_dict(), "ttft_p99_ms": tp[99.0].to_dict(),
             "prefix_hit": hit, "ideal_prefix_hit": ideal, "prefix_hit_vs_ideal": hit / ideal if hit is not None and ideal else None,
             "evicted_tokens_per_call": _per_call(runs, "evictions", BLOCK),
+            "lost_tokens_per_call": _per_call(runs, "prefix_lost_blocks", BLOCK),
             "recomputed_tokens_per_call": _per_call(runs, "recomputed_tokens"),
             "computed_prompt_tokens_per_call": computed,
             "ideal_computed_prompt_tokens_per_call": facts["prompt_tokens"] * (1 - ideal) / facts["calls"] if ideal is not None else None}
@@ -307,9 +311,9 @@ def ranking(at_n: dict[str, dict], metric: str = "makespan_p90_s") -> dict:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", default="1,2,4,8,16", help="concurrent-session counts, increasing (default 1,2,4,8,16)")
+    ap.add_argument("--sessions", default="1,2,4,8,16,32", help="concurrent-session counts, increasing (default 1,2,4,8,16,32)")
     ap.add_argument("--policies", default=",".join(POLICIES), help=f"reference engine policies (default {','.join(POLICIES)})")
-    ap.add_argument("--repetitions", type=int, default=2)
+    ap.add_argument("--repetitions", type=int, default=3, help="runs of each (policy, N), pooled (default 3)")
     ap.add_argument("--num-blocks", type=int, default=None, help="KV budget in 16-token blocks (default: computed)")
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM")
     ap.add_argument("--out", default=str(OUT))

@@ -16,7 +16,7 @@ Requests without a session share one anonymous session, which makes agent-aware'
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -51,6 +51,9 @@ class PoolCounters:
     evictions: int = 0  # cached blocks whose contents were dropped to make room
 
 
+EVICTED_MEMORY = 1 << 18  # hashes of evicted blocks remembered (~25 MB at most), newest kept
+
+
 class BlockPool:
     """Blocks, reference counts, the hash -> block map, and the free-block eviction order."""
 
@@ -68,6 +71,8 @@ class BlockPool:
         self._clock = clock  # what next-call measures think times with (tests pass their own)
         self._num_free = num_blocks
         self.counters = PoolCounters()
+        # hashes evicted and not cached again: a later prompt that misses one lost it to eviction
+        self._evicted: OrderedDict[int, None] = OrderedDict()
 
     @property
     def num_free_blocks(self) -> int:
@@ -102,6 +107,7 @@ class BlockPool:
         for bid in self._free_cached.evict(n - len(out)):
             block = self.blocks[bid]
             del self.cached[block.block_hash]
+            self._remember_evicted(block.block_hash)
             block.block_hash = None
             self.counters.evictions += 1
             out.append(bid)
@@ -137,7 +143,17 @@ class BlockPool:
         assert block.block_hash is None and block.ref_cnt > 0
         block.block_hash = block_hash
         self.cached[block_hash] = block_id
+        self._evicted.pop(block_hash, None)  # computed again: cached, no longer lost
         return True
+
+    def was_cached(self, block_hash: int) -> bool:
+        """Cached now, or evicted since the last reset (of the newest EVICTED_MEMORY evictions)."""
+        return block_hash in self.cached or block_hash in self._evicted
+
+    def _remember_evicted(self, block_hash: int) -> None:
+        self._evicted[block_hash] = None
+        if len(self._evicted) > EVICTED_MEMORY:
+            self._evicted.popitem(last=False)
 
     def reset_prefix_cache(self) -> int:
         """Forget every free cached block (running sequences keep theirs). Returns how many."""
@@ -147,6 +163,7 @@ class BlockPool:
             del self.cached[block.block_hash]
             block.block_hash = None
             self._free_plain.append(bid)
+        self._evicted.clear()  # a fresh start: misses from here on are not losses
         return len(dropped)
 
     def eviction_order(self) -> list[int]:
@@ -168,6 +185,7 @@ class CacheCounters:
     hit_tokens: int = 0
     hit_blocks: int = 0
     miss_blocks: int = 0  # full prompt blocks looked up and not found
+    lost_blocks: int = 0  # of those, blocks cached earlier and lost to eviction (recomputed because of it)
 
     @property
     def hit_rate(self) -> float:
@@ -213,6 +231,9 @@ class KVCacheManager:
         c.hit_tokens += num_hit_blocks * self.block_size
         c.hit_blocks += num_hit_blocks
         c.miss_blocks += seq.num_prompt_tokens // self.block_size - num_hit_blocks
+        # a block hash chains its whole prefix, so a missed block found cached (stranded behind an
+        # evicted one) or among the evicted was computed before under this very prefix: eviction's cost
+        c.lost_blocks += sum(1 for h in seq.block_hashes[num_hit_blocks:] if self.pool.was_cached(h))
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int, computed_blocks: list[int] = ()) -> bool:
         """Give seq blocks for `computed_blocks` (prefix hits, new to seq) plus num_new_tokens more

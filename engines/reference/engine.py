@@ -220,6 +220,7 @@ class LLMEngine:
             "prefix_hit_blocks": cc.hit_blocks,
             "prefix_miss_blocks": cc.miss_blocks,
             "prefix_miss_tokens": cc.queried_tokens - cc.hit_tokens,
+            "prefix_lost_blocks": cc.lost_blocks,
             "evictions": pc.evictions,
             "preemptions": sc.preemptions,
             "recomputed_tokens": sc.recomputed_tokens,

@@ -113,6 +113,7 @@ def render_metrics(stats: dict, m: ServerMetrics, model_name: str, engine_alive:
                        ("prefix_hit_tokens", "Prompt tokens served by the prefix cache."),
                        ("prefix_hit_blocks", "Prompt blocks served by the prefix cache."),
                        ("prefix_miss_blocks", "Full prompt blocks not found in the prefix cache."),
+                       ("prefix_lost_blocks", "Missed prompt blocks that had been cached and were evicted."),
                        ("evictions", "Cached KV blocks evicted."),
                        ("preemptions", "Preemptions."),
                        ("recomputed_tokens", "Tokens computed again after preemption."),

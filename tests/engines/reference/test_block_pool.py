@@ -188,3 +188,44 @@ def test_caching_disabled():
     kv.free(a)
     assert not pool.cached
     assert run_prefill(kv, seq(range(9))) == 0
+
+
+def test_misses_lost_to_eviction_are_counted_stranded_blocks_included():
+    pool = BlockPool(3, retention="lru")
+    kv = KVCacheManager(pool, BS)
+    a = seq(range(9), rid="a")  # two full blocks and one partial
+    run_prefill(kv, a)
+    b0, b1, _ = a.block_table
+    kv.free(a)
+    pool.touch([b1])
+    pool.free([b1])  # b1 released last: LRU evicts b0 first
+    taken = pool.allocate(2)  # the empty partial block, then b0's contents go
+    assert pool.counters.evictions == 1 and pool.blocks[b1].block_hash is not None
+
+    def lookup(tokens, rid):
+        s = seq(tokens, rid=rid)
+        hits = kv.get_computed_blocks(s)
+        kv.record_prefix_lookup(s, len(hits))
+        return len(hits)
+
+    # block 0 was evicted, block 1 is still cached but stranded behind it: both recomputed because of eviction
+    assert lookup(range(9), "again") == 0 and kv.counters.lost_blocks == 2
+    assert kv.counters.miss_blocks == 2
+    assert lookup(range(50, 59), "new") == 0 and kv.counters.lost_blocks == 2  # never cached: not lost
+    pool.free(taken)
+    pool.reset_prefix_cache()
+    assert lookup(range(9), "after reset") == 0 and kv.counters.lost_blocks == 2  # a fresh start forgets
+
+
+def test_a_block_cached_again_is_no_longer_lost():
+    pool = BlockPool(2, retention="lru")
+    kv = KVCacheManager(pool, BS)
+    a = seq(range(5), rid="a")  # one full block, one partial
+    run_prefill(kv, a)
+    h = a.block_hashes[0]
+    kv.free(a)
+    pool.free(pool.allocate(2))  # evicts it
+    assert pool.was_cached(h) and h not in pool.cached
+    b = seq(range(5), rid="b")
+    run_prefill(kv, b)  # computes it again
+    assert h in pool.cached and h not in pool._evicted

@@ -525,8 +525,8 @@ class FakeEngine:
     def stats(self):
         keys = ("num_waiting", "num_running", "kv_usage", "num_free_blocks", "num_total_blocks",
                 "num_cached_blocks", "block_size", "prefix_hit_rate", "prefix_queried_tokens",
-                "prefix_hit_tokens", "prefix_hit_blocks", "prefix_miss_blocks", "evictions", "preemptions",
-                "recomputed_tokens", "prompt_tokens_computed", "generation_tokens", "steps")
+                "prefix_hit_tokens", "prefix_hit_blocks", "prefix_miss_blocks", "prefix_lost_blocks", "evictions",
+                "preemptions", "recomputed_tokens", "prompt_tokens_computed", "generation_tokens", "steps")
         return dict.fromkeys(keys, 0)
 
 
