@@ -145,6 +145,11 @@ def test_study_end_to_end_at_a_tiny_scale(tmp_path):
     run = out / "runs" / "reference-lru-n2-r0"
     assert (run / "run.json").exists() and (run / "sessions.parquet").exists() and not (run / "workload.jsonl").exists()
     assert r.stderr.count("makespan p90") == 4
+    assert p["lost_tokens_per_call"] is not None
+    # the same command again keeps every completed run (a study cut short resumes), --fresh reruns
+    r = subprocess.run(cmd, cwd=rs.REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stderr.count("(kept)") == 4, r.stderr[-2000:]
+    assert json.loads((out / "study.json").read_text())["points"]["agent-aware"]["2"] == p
 
 
 def test_a_budget_below_the_largest_call_exits_2(profile, capsys):

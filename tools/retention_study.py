@@ -204,11 +204,14 @@ def run_name(kind: str, policy: str, n: int, rep: int) -> str:
     return f"{kind}-{policy}-n{n}-r{rep}"
 
 
-def run_once(out: Path, name: str, trace: dict, n: int, engine: dict) -> tuple[int, float]:
-    """One `tierbench run` into out/runs/NAME: (exit status, wall seconds)."""
+def run_once(out: Path, name: str, trace: dict, n: int, engine: dict, reuse: bool = True) -> tuple[int, float]:
+    """One `tierbench run` into out/runs/NAME: (exit status, wall seconds). A completed run of the
+    same spec already there is kept (reuse: a study cut short resumes where it stopped)."""
     spec = {"name": name, "model": "tiny", "trace": trace, "load": {"mode": "closed", "users": n, "repetitions": 1},
             "engines": [engine]}
     run_dir = out / "runs" / name
+    if reuse and _completed(run_dir, to_toml(spec)):
+        return 0, 0.0
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -237,6 +240,14 @@ def run_figures(run_dir: Path, engine: str) -> dict:
             "makespans": list(zip(st["session"].astype(str), st["makespan_s"].astype(float))) if len(st) else [],
             "ttfts_ms": list(zip(rq["session"].astype(str), ((rq["first_token"] - rq["sent"]) * 1e3).astype(float)))
             if len(rq) else []}
+
+
+def _completed(run_dir: Path, spec_toml: str) -> bool:
+    try:
+        same = (run_dir / "spec.toml").read_text() == spec_toml
+        return same and json.loads((run_dir / "run.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError):
+        return False
 
 
 def prune(run_dir: Path, ok: bool) -> None:
@@ -317,6 +328,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-blocks", type=int, default=None, help="KV budget in 16-token blocks (default: computed)")
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--fresh", action="store_true",
+                    help="rerun every run (default: keep a completed run of the same spec already in --out)")
     for f in dataclasses.fields(Scale):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     a = ap.parse_args(argv)
@@ -378,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             trace = trace_table(profile, n, sc)
             for kind, policy in rotated(kinds, rep + i):
                 name = run_name(kind, policy, n, rep)
-                rc, wall = run_once(out, name, trace, n, engine_table(kind, policy, blocks, sc.max_context))
+                rc, wall = run_once(out, name, trace, n, engine_table(kind, policy, blocks, sc.max_context), not a.fresh)
                 run_dir = out / "runs" / name
                 fig = run_figures(run_dir, kind) if (run_dir / "run.json").exists() else None
                 prune(run_dir, rc == 0 and fig is not None)
@@ -387,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                 if fig is not None:
                     raw.setdefault((label(kind, policy), n), []).append(fig)
                 p90 = point([fig], st["workload"][str(n)])["makespan_p90_s"]["estimate"] if fig and fig["makespans"] else None
-                print(f"N={n} {label(kind, policy)} rep {rep}: exit {rc}, {wall:.0f} s, makespan p90 "
+                print(f"N={n} {label(kind, policy)} rep {rep}: exit {rc}, {wall:.0f} s{' (kept)' if not wall else ''}, makespan p90 "
                       + (f"{p90:.2f} s" if p90 is not None else "-"), file=sys.stderr, flush=True)
     points = {lab: {} for lab in dict.fromkeys(label(k, p) for k, p in kinds)}
     for (lab, n), figs in raw.items():
