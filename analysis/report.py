@@ -10,7 +10,8 @@ The page inlines plotly.js once (in <head>), so it opens without a network. It h
    same numbers `tierbench compare` prints;
 3. figures: throughput-latency curve (one point per run and group, lines per engine), CDFs of
    TTFT, TPOT and E2EL per group, the session makespan breakdown, prefix-cache hit by turn and a
-   timeline of output tokens/s and client-side requests in flight;
+   timeline of output tokens/s and client-side requests in flight, with the server's KV-cache usage
+   and waiting and running requests under them where the run has server_metrics.parquet;
 4. provenance: run.json's name, status, commit, times, environment, command and spec.
 
 A run whose run.json still says `running` gets a note at the top: cut (its process is gone: it
@@ -101,7 +102,9 @@ def build_report(runs: list[Run], *, title: str | None = None, confidence: float
         section("timeline", "Timeline",
                 _figure_or_note("fig-timeline", timeline_figure(groups), figures, "No sent requests.")
                 + '<p class="note">Time from each group\'s first send. Output tokens are counted when their '
-                  "call completes; in-flight requests are the client's view (sent to last token).</p>"),
+                  "call completes; in-flight requests are the client's view (sent to last token). KV usage and "
+                  "waiting and running requests, where shown, are the engine's own, scraped from its /metrics "
+                  "(server_metrics.parquet).</p>"),
         section("provenance", "Provenance", "".join(provenance_html(r) for r in runs)),
     ]
     claims = "".join(claims_html(r) for r in runs)

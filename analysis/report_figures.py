@@ -1,5 +1,6 @@
 """The report's Plotly figures: the throughput-latency curve, latency CDFs, the session makespan
-breakdown, prefix-cache hit by turn and the timeline, and how a figure is drawn into the page
+breakdown, prefix-cache hit by turn and the timeline (with the server's own KV usage and queue from
+server_metrics.parquet where the run has it), and how a figure is drawn into the page
 (plotly.js itself is inlined once, in <head>, by analysis/report.py).
 
 A builder returns None when it has nothing to draw; the page then shows a note instead.
@@ -7,6 +8,7 @@ A builder returns None when it has nothing to draw; the page then shows a note i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,10 +197,28 @@ def in_flight(sent: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return t[order], np.cumsum(d[order])
 
 
+def server_scrapes(g: Group, cache: dict) -> pd.DataFrame | None:
+    """The group's rows of its run's server_metrics.parquet (the engine's /metrics, one row per scrape),
+    or None; `cache` holds each run's file read once."""
+    path = Path(g.run.path) / "server_metrics.parquet"
+    if path not in cache:
+        try:
+            cache[path] = pd.read_parquet(path) if path.is_file() else None
+        except Exception:  # noqa: BLE001 - pyarrow raises several types; a bad file leaves its panels out
+            cache[path] = None
+    df = cache[path]
+    if df is None or not {"engine", "tier", "t"} <= set(df.columns):
+        return None
+    engine, _, tier = g.key.partition("@")
+    rows = df[(df["engine"].astype(str) == engine) & (df["tier"].fillna("").astype(str) == tier)]
+    return rows.sort_values("t") if len(rows) else None
+
+
 def timeline_figure(groups: list[Group]) -> go.Figure | None:
-    """Two panels over time since each group's first send: completed output tokens per second,
-    and the client-side count of requests in flight."""
-    series = []
+    """Panels over time since each group's first send: completed output tokens per second, the
+    client-side count of requests in flight and, where the run scraped the server's /metrics, the
+    server's KV-cache usage and its waiting and running requests."""
+    series, scrapes, cache = [], [], {}
     for i, g in enumerate(groups):
         if g.rows is None or not len(g.rows):
             continue
@@ -214,6 +234,9 @@ def timeline_figure(groups: list[Group]) -> go.Figure | None:
         out = pd.to_numeric(rows["output_tokens"], errors="coerce").fillna(
             pd.to_numeric(rows["chunks"], errors="coerce")).fillna(0).to_numpy(dtype=float)
         series.append((i, g.label, t0, sent[keep] - t0, end[keep] - t0, last[ok] - t0, out[ok]))
+        server = server_scrapes(g, cache)
+        if server is not None:
+            scrapes.append((i, g.label, t0, server))
     if not series:
         return None
     span = max(float(np.max(s[4])) if s[4].size else 0.0 for s in series)
@@ -221,9 +244,11 @@ def timeline_figure(groups: list[Group]) -> go.Figure | None:
     edges = np.arange(0.0, span + w, w) if span > 0 else np.array([0.0, w])
     if edges.size < 2:
         edges = np.array([0.0, w])
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=[f"completed output tokens/s ({w:g} s bins)",
-                                        "requests in flight (client-side: sent to last token)"])
+    titles = [f"completed output tokens/s ({w:g} s bins)", "requests in flight (client-side: sent to last token)"]
+    if scrapes:
+        titles += ["KV-cache usage (server /metrics)", "requests waiting (dashed) and running (server /metrics)"]
+    fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, vertical_spacing=0.2 / len(titles),
+                        subplot_titles=titles)
     for i, label, _, s, e, done, tokens in series:
         hist, _ = np.histogram(done, bins=edges, weights=tokens)
         fig.add_trace(go.Scatter(x=edges[:-1], y=hist / w, mode="lines", name=label, legendgroup=label,
@@ -235,8 +260,28 @@ def timeline_figure(groups: list[Group]) -> go.Figure | None:
                                  line={"shape": "hv", "color": _color(i)},
                                  hovertemplate="%{x:.2f} s: %{y} in flight<extra>" + esc(label) + "</extra>"),
                       row=2, col=1)
-    fig.update_xaxes(title_text="seconds since the group's first send", row=2, col=1)
+    _server_panels(fig, scrapes)
+    fig.update_xaxes(title_text="seconds since the group's first send", row=len(titles), col=1)
     fig.update_yaxes(title_text="tok/s", row=1, col=1)
     fig.update_yaxes(title_text="requests", row=2, col=1)
-    fig.update_layout(title="Timeline", height=600)
+    fig.update_layout(title="Timeline", height=300 * len(titles))
     return fig
+
+
+def _server_panels(fig: go.Figure, scrapes: list) -> None:
+    """Rows 3 and 4 of the timeline: per group, the scraped KV usage, and waiting (dashed) and running."""
+    for i, label, t0, df in scrapes:
+        x = pd.to_numeric(df["t"], errors="coerce").to_numpy(dtype=float) - t0
+        for row, col, dash, what in ((3, "kv_usage", "solid", "KV usage"), (4, "waiting", "dash", "waiting"),
+                                     (4, "running", "solid", "running")):
+            if col not in df.columns:
+                continue
+            y = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+            fmt = "%{y:.1%}" if col == "kv_usage" else "%{y}"
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=label, legendgroup=label, showlegend=False,
+                                     line={"shape": "hv", "color": _color(i), "dash": dash},
+                                     hovertemplate=f"%{{x:.1f}} s: {fmt} {what}<extra>{esc(label)}</extra>"),
+                          row=row, col=1)
+    if scrapes:
+        fig.update_yaxes(title_text="KV usage", range=[0, 1.02], tickformat=".0%", row=3, col=1)
+        fig.update_yaxes(title_text="requests", row=4, col=1)

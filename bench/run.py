@@ -3,7 +3,8 @@ URL) and repetition: a load generator -> per-request records -> results/<run>/.
 
 The run directory: run.json (spec, git commit, versions, hardware, start/end, status, summary),
 workload.jsonl (the exact prompts), requests.parquet (one row per call), sessions.parquet,
-report.html, server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
+server_metrics.parquet (each engine's /metrics, scraped every load.scrape_interval_s), report.html,
+server logs. Records are appended as requests complete (requests.<pid>.jsonl), so a run stopped
 by Ctrl-C or SIGTERM keeps every finished request and its run.json says `interrupted`; one killed
 outright (SIGKILL) keeps them too, its run.json still says `running`, and `tierbench report` says it
 was cut (bench/rundir.py).
@@ -18,6 +19,7 @@ from pathlib import Path
 from bench.load.early_stop import EarlyStopWatch
 from bench.load.runner import progress_bar, record_unsent_calls, run_load
 from bench.load.workload import build_workload, ideal_prefix_hit, write_workload
+from bench.measure.server_metrics import ServerMetricsScraper, append_rows, read_rows, summarize_server_metrics
 from bench.rundir import RunDir, write_parquet
 from bench.spec import RunSpec
 from bench.tiers.run import run_tiers, tier_summaries
@@ -25,12 +27,16 @@ from engines.launch import Server, counter_delta
 from engines.provenance import now
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+SERVER_METRICS = "server_metrics.parquet"
+SCRAPE_JOURNAL = "server_metrics.jsonl"  # scrapes appended per repetition, merged into SERVER_METRICS at the end
 
 
 def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
     """Run the spec into `out`; returns the exit status (0 ok, 1 failures, 130 interrupted)."""
     plans, model_dir, workload = prepare_workload(spec)
     rd = RunDir(out, spec)
+    for old in (out / SERVER_METRICS, out / SCRAPE_JOURNAL):  # a rerun into the same directory starts clean
+        old.unlink(missing_ok=True)
     write_workload(plans, out / "workload.jsonl")
     rd.info["workload"] = workload
     rd.save()
@@ -165,11 +171,16 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
             # halt ends the load generator: the server died, or every early-stop rule is decided
             halt = threading.Event()
             watch = EarlyStopWatch(spec.load.early_stop_rules(), out, engine.name, tier, died, halt).start()
+            scraper = ServerMetricsScraper(server.base_url, engine.name, tier, spec.load.scrape_interval_s,
+                                           server.api_key).start() if spec.load.scrape_interval_s > 0 else None
             try:
                 result = run_load(spec, plans, server, out, engine.name, tier, bar, halt)
             finally:
                 watch.stop()
                 bar.close()
+                scraped = _stop_scraper(scraper, out, info)
+            if scraped is not None:
+                result["server_metrics"] = scraped
             if died.is_set():
                 result["not_sent"] = record_unsent_calls(spec, plans, out, engine.name, tier,
                                                     f"not sent: the {engine.name} server died mid-run")
@@ -198,6 +209,18 @@ def run_engine(spec: RunSpec, engine, plans, out: Path, rd: RunDir, progress: bo
     return {"died": info.get("died", False), "errors": errors}
 
 
+def _stop_scraper(scraper: ServerMetricsScraper | None, out: Path, info: dict) -> dict | None:
+    """Stop a repetition's scraper, journal its rows; the engine's run.json entry says whether it has
+    /metrics (`server_metrics`: "ok" or "unavailable: why") and counts failed scrapes."""
+    if scraper is None:
+        return None
+    scraper.stop()
+    append_rows(scraper.rows, out / SCRAPE_JOURNAL)
+    info["server_metrics"] = f"unavailable: {scraper.unavailable}" if scraper.unavailable else "ok"
+    info["scrape_failures"] = info.get("scrape_failures", 0) + scraper.failures
+    return {"samples": len(scraper.rows), "scrape_failures": scraper.failures}
+
+
 def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
     """Merge the per-process records into requests.parquet, build sessions.parquet and the summary."""
     import pandas as pd
@@ -207,6 +230,10 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
 
     rd.info["status"] = status
     rd.info["end"] = now()
+    scrapes = read_rows(out / SCRAPE_JOURNAL)
+    if len(scrapes):
+        write_parquet(scrapes, out / SERVER_METRICS)
+    (out / SCRAPE_JOURNAL).unlink(missing_ok=True)
     try:
         df = load_requests(out)
     except ValueError:
@@ -229,6 +256,8 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
             s.update(makespan_summary(sub))
             reps = rd.info["engines"].get(eng, {}).get("repetitions", [])
             s["engine_counters"] = next((r.get("engine_counters") for r in reps if r.get("tier", "") == tier), None)
+            # the server's own view of the repetition, beside the client's (prefix_cache_hit_ratio from cached_tokens)
+            s.update(summarize_server_metrics(scrapes[(scrapes["engine"] == eng) & (scrapes["tier"] == tier)]))
         if tiered:
             tier_summaries(df, st, summary, rd, spec, ideal)
             try:

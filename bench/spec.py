@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from bench.tiers.pricing import PriceTable
 
 MODES = ("closed", "open")  # closed: locust sessions; open: calls at their times
-TOP_KEYS = ("name", "model", "trace", "load", "engines", "slos", "tiers", "scenarios", "prices")
+TOP_KEYS = ("name", "model", "trace", "load", "engines", "slos", "tiers", "scenarios", "prices", "sweep")
 # [slos]: each a bound in ms for goodput; vLLM's goodput takes these three (ITL is per gap, not per call)
 SLOS = {"ttft_ms": "time to first token", "tpot_ms": "time per output token", "e2el_ms": "end-to-end latency"}
 # [[engines]]: engines/launch.py's EngineSpec (`tierbench ab` sets cwd for a git ref and cpus, not specs)
@@ -87,6 +87,7 @@ class LoadSpec:
     side_by_side: bool = False  # all engines at once instead of one after another
     early_stop: list[str] = field(default_factory=list)  # stop once every target is decided, e.g. ["ttft_p99<=500"]
     early_stop_confidence: float = 0.95  # the confidence early_stop decides at
+    scrape_interval_s: float = 1.0  # seconds between scrapes of each engine's /metrics (server_metrics.parquet; 0: off)
 
     def early_stop_rules(self) -> list:
         from analysis.stats import EarlyStopRule
@@ -196,6 +197,7 @@ class RunSpec:
     tiers: list[TierSpec] = field(default_factory=list)  # latency tiers: the run goes through the tier gateway
     scenarios: list[ScenarioSpec] = field(default_factory=list)  # replays through the tiers (default: one per tier)
     prices: dict[str, PriceSpec] = field(default_factory=dict)  # per-tier prices over the defaults
+    sweep: dict = field(default_factory=dict)  # `tierbench sweep`'s load points and SLOs (the [sweep] table below)
     source: str = ""  # the spec file, if any (not a key)
 
     def tier_scenarios(self) -> list[ScenarioSpec]:
@@ -252,11 +254,12 @@ _POSITIVE = {("load", "users"), ("load", "repetitions"), ("trace", "token_scale"
              ("trace", "time_scale"), ("trace", "sessions"), ("trace", "max_context"), ("load", "timeout_s"),
              ("trace", "calls_per_session")}
 _NONNEG = {("trace", "think_scale"), ("load", "session_rate"), ("load", "rate"), ("load", "duration_s"),
-           ("load", "warmup_s"), ("load", "workers"), ("load", "gamma_cv")}
+           ("load", "warmup_s"), ("load", "workers"), ("load", "gamma_cv"), ("load", "scrape_interval_s")}
 
 
-def load_spec(path: str | Path) -> RunSpec:
-    """Parse and validate a TOML run spec; SpecError names the file, line and field."""
+def load_spec(path: str | Path, sweep: bool = False) -> RunSpec:
+    """Parse and validate a TOML run spec; SpecError names the file, line and field. sweep: for
+    `tierbench sweep`, which sets load.rate itself."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -267,10 +270,10 @@ def load_spec(path: str | Path) -> RunSpec:
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise SpecError(p, f"invalid TOML: {str(e).split(' (at')[0]}", int(m.group(1)) if m else None) from None
-    return spec_from_dict(data, p, text)
+    return spec_from_dict(data, p, text, sweep)
 
 
-def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> RunSpec:
+def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "", sweep: bool = False) -> RunSpec:
     """A RunSpec from a parsed spec (`text`, the TOML, finds lines); SpecError on a bad one."""
     def fail(msg: str, fieldname: str):
         raise SpecError(path, msg, _line_of(text, fieldname), fieldname)
@@ -301,7 +304,10 @@ def spec_from_dict(data: dict, path: Path | str = "<flags>", text: str = "") -> 
             fail(f"expected a positive number, got {v!r}", f"slos.{k}")
         spec.slos[k] = float(v)
     _tier_tables(data, spec, fail)
-    if spec.load.mode == "open" and spec.load.arrivals != "trace" and not spec.load.rate:
+    if not isinstance(data.get("sweep", {}), dict):
+        fail("expected a table", "sweep")
+    spec.sweep = dict(data.get("sweep", {}))  # its keys are checked by `tierbench sweep` (bench/sweep/config.py)
+    if spec.load.mode == "open" and spec.load.arrivals != "trace" and not spec.load.rate and not sweep:
         fail("open-loop poisson/gamma arrivals need load.rate > 0", "load.rate")
     return spec
 

@@ -410,6 +410,15 @@ def render_retention(root: Path) -> str:
             "recomputed because an eviction had dropped them (the eviction's cost; evicted minus lost is what "
             "nobody asked for again); preempted: tokens recomputed after a preemption; computed: prompt "
             "tokens run through the model, against the trace's ideal prefix reuse."]
+    shares = []
+    for lab, pts in d["points"].items():
+        cells = [f"{n}: {p['lost_tokens_per_call'] / p['evicted_tokens_per_call']:.0%}" for n, p in pts.items()
+                 if p.get("lost_tokens_per_call") is not None and p.get("evicted_tokens_per_call")]
+        if cells:
+            shares.append(f"{lab} ({', '.join(cells)})")
+    if shares:
+        out += ["", "Where the evictions land: the share of evicted tokens that a later call needed again "
+                "(lost / evicted), by N: " + "; ".join(shares) + "."]
     if marked:
         out += ["", f"{DAGGER} unreliable: fewer than ten sessions (calls, for TTFT) in the interval's tail."]
     knees = "; ".join(f"{lab}: " + (f"N = {k['knee']}" if k["knee"] is not None else "not reached")
@@ -419,6 +428,51 @@ def render_retention(root: Path) -> str:
             "", "Ranking by makespan p90 (only where intervals separate): "
             + "; ".join(f"N = {n}: {r['text']}" for n, r in d["rankings"].items()) + ".",
             "", _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`, {d['provenance']['date'][:10]}."]
+    return "\n".join(out)
+
+
+# ---- load sweeps and SLO capacity --------------------------------------------------------------
+
+def _iv_cell(iv: dict | None) -> str:
+    if not iv or iv.get("estimate") is None:
+        return "-"
+    if iv.get("lo") is None:
+        return f"{iv['estimate']:.1f}"
+    return _ci(iv)
+
+
+def render_sweep(root: Path, rel: str) -> str:
+    """tierbench sweep: per engine the capacity, the saturation point and every point."""
+    d = _load(root, rel)
+    if d is None:
+        return f"Not yet measured ({rel} is absent)."
+    cfg = d["config"]
+    closed = cfg["closed"]
+    unit = "sessions" if closed else "calls/s"
+    load = (lambda x: f"{int(x)}") if closed else (lambda x: f"{x:.3g}")
+    slos = ", ".join(f"`{x}`" for x in cfg["slos"]) or "none"
+    walls = ", ".join(f"{n} {(e.get('wall_s') or 0) / 60:.1f}" for n, e in d["engines"].items())
+    out = [f"SLOs {slos}, each decided at {cfg['confidence']:.0%} confidence; the sweep took "
+           f"{(d.get('wall_s') or 0) / 60:.1f} minutes ({walls}).", "",
+           f"| engine | SLO capacity ({unit}) | fails at | saturated at | points |", "|---|---:|---:|---:|---:|"]
+    for name, e in d["engines"].items():
+        c = e.get("capacity") or {}
+        cap = "-" if not c else (c.get("problem") or load(c["lo"]))
+        out.append(f"| {name} | {cap} | {load(c['hi']) if c.get('hi') is not None else '-'} | "
+                   f"{load(e['saturated_at']) if e.get('saturated_at') is not None else 'not reached'} | {len(e['points'])} |")
+    out += ["", f"| engine | point | load ({unit}) | req/s | output tok/s | TTFT p99 [CI] ms | TPOT p99 [CI] ms | SLOs | saturated |",
+            "|---|---|---:|---:|---:|---|---|---|---|"]
+    for name, e in d["engines"].items():
+        for p in sorted(e["points"], key=lambda p: (p["label"] not in ("sync", "max"), p["load"])):
+            sat = (p.get("saturation") or {}).get("saturated")
+            out.append(f"| {name} | {p['label']} | {load(p['load'])} | {p.get('request_throughput') or 0:.2f} | "
+                       f"{p.get('output_throughput') or 0:.1f} | {_iv_cell(p.get('ttft_p99_ms'))} | "
+                       f"{_iv_cell(p.get('tpot_p99_ms'))} | {p.get('verdict') or '-'} | "
+                       f"{'yes' if sat else 'no' if sat is not None else '-'} |")
+    if any(DAGGER in ln for ln in out):
+        out += ["", f"{DAGGER} unreliable: fewer than ten calls in the interval's tail."]
+    out += ["", _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`, "
+            f"{d['provenance']['date'][:10]}."]
     return "\n".join(out)
 
 
@@ -435,6 +489,7 @@ BLOCKS = {
     "prepare": render_prepare,
     "gpu": render_gpu,
     "retention": render_retention,
+    "sweep-cpu": lambda root: render_sweep(root, "results/sweep-cpu/sweep.json"),
 }
 
 

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines.provenance import provenance
 
     a = parse(argv)
-    command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join([PROG, *(argv if argv is not None else sys.argv[1:])])
     sc = Scale(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Scale)})
     out = Path(a.out)
     vllm = False

@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 
 from bench import spec as specs
+from bench.sweep.config import SweepTable
 from bench.tiers.network import BUILTIN, FaultProfile
 from bench.tiers.pricing import DEFAULT_PRICES
 from bench.tiers.routing import POLICIES
@@ -150,6 +151,8 @@ def render() -> str:
                                       "through the tier gateway (bench/tiers/gateway/)."),
         ("[[scenarios]]", specs.ScenarioSpec, "Optional: without scenarios, one per tier, every call to that tier."),
         ("[prices.TIER]", specs.PriceSpec, ""),
+        ("[sweep]", SweepTable, "SLO rules: METRIC_pQ<=MS with METRIC ttft, tpot, itl or e2el, or "
+                                "makespan_pQ<=SECONDS; each decided at `confidence` (analysis/sweep.py)."),
     ]
     for name, cls, note in sections:
         parts += [f"## {name}", " ".join(x for x in (_intro(cls), note) if x), table(cols, rows(cls, only.get(cls)))]

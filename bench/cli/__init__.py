@@ -1,5 +1,5 @@
 """`tierbench`: the one command line entry point. Each command group lives in its own module
-(trace.py, run.py, ab.py, serve.py, analyze.py) with a `register(subparsers)` function; this module only
+(trace.py, run.py, sweep.py, ab.py, serve.py, analyze.py, export.py) with a `register(subparsers)` function; this module only
 builds the parser from them and maps exceptions to exit statuses.
 
 Exit status: 0 success, 1 a failed gate or check, 2 bad input (one line naming file, line and
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.cli import ab, analyze, run, serve, trace
+from bench.cli import ab, analyze, export, run, serve, sweep, trace
 from bench.cli.common import EPILOG, BadInput
 from bench.spec import SpecError
 from traces.errors import TraceError
 
-GROUPS = (trace, run, ab, serve, analyze)  # in the order `tierbench --help` lists them
+GROUPS = (trace, run, sweep, ab, serve, analyze, export)  # in the order `tierbench --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

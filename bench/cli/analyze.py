@@ -153,6 +153,15 @@ def _load_ab_or_fail(path: str) -> dict:
 
 def cmd_report(args) -> int:
     from analysis.report import write_report
+    from analysis.report_sweep import is_sweep, load_sweep, write_sweep_report
+    if len(args.runs) == 1 and is_sweep(args.runs[0]):  # a sweep directory: its own page
+        try:
+            load_sweep(args.runs[0])
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+        path = write_sweep_report(args.runs[0], args.output, args.title)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     for r in args.runs:
         load_run_or_fail(r)  # bad input: one line, exit 2
     out = Path(args.output) if args.output else Path(args.runs[0]) / "report.html"

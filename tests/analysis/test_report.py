@@ -293,15 +293,6 @@ JSON.parse(document.body.dataset.figures).map(function (id) {
 """
 
 
-@pytest.fixture(scope="module")
-def browser():
-    pytest.importorskip("websockets", reason="the browser test drives Chromium with the websockets package")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium); the browser check needs it")
-    with Chromium(CHROMIUM) as b:
-        yield b
-
-
 def _check_page(browser: Chromium, path: Path) -> list[dict]:
     browser.open(path.resolve().as_uri())
     assert browser.errors() == []
