@@ -5,12 +5,12 @@ sessions, and whether the SLOs hold. Between points: whether the engine saturate
 the SLO capacity bracket.
 
 SLOs are early-stop rules ('ttft_p99<=2000', milliseconds; analysis.stats.EarlyStopRule), plus
-'makespan_pQ<=SECONDS' for agent sessions. A call-level rule is decided while the point runs (the
-run stops once every rule is decided) and, if still undecided, once more on all the point's calls;
-a makespan rule on the point's sessions at its end, with the same binomial test at one look. A
-point holds its SLOs when every rule is 'met' (at the rule's confidence), fails when one is
-'missed', and is 'undecided' otherwise, which the capacity search counts as not holding: the
-capacity is the highest load shown to hold.
+'makespan_pQ<=SECONDS' for agent sessions, each decided with the rule's binomial test on every
+call (session, for makespan) of the point at its end (a decision a run's own early stop took
+stands). A point holds its SLOs when every rule is 'met' (at the rule's confidence), fails when one is
+'missed', and is 'undecided' otherwise (too few calls): no evidence either way, so the capacity
+search leaves it out. The capacity is the highest load shown to hold below the lowest load shown
+to fail.
 
 Saturation (the test, each at the sweep's confidence):
   open loop    the server fell behind the offered rate: it completed fewer than 90% of the
@@ -104,9 +104,8 @@ def decide(rule: EarlyStopRule, requests: pd.DataFrame, sessions: pd.DataFrame, 
         v = pd.to_numeric(sessions["makespan_s"], errors="coerce").dropna().to_numpy(dtype=float) * 1000
     else:
         v, _ = call_values_ms(requests, rule.metric)
-    # a call-level rule's looks during the run came at min_samples * 2^k calls, each spending
-    # alpha / max_looks; this last look on every call is one more such share, so the error rate
-    # stays within the stated one. A makespan rule is looked at only here, with the whole alpha.
+    # a call-level rule spends alpha / max_looks at this look (Bonferroni over the looks a run's
+    # early stop may have taken too); a makespan rule is looked at only here, with the whole alpha
     d = rule.decide(v)
     return {"rule": name, "decision": d or "undecided", "n": int(v.size), "over_bound": int((v > rule.bound_ms).sum()),
             "when": "at the end"}
@@ -187,18 +186,20 @@ def closed_loop_saturated(prev: pd.DataFrame, prev_n: int, prev_rate: float | No
 
 
 def capacity(loads_and_verdicts: list[tuple[float, str]]) -> dict:
-    """The bracket from decided points: the highest load that passed below the lowest that did
-    not. Monotone loads are assumed (a pass above a failure is reported, not used)."""
+    """The bracket from decided points: the highest load that passed below the lowest that failed.
+    Undecided points are no evidence either way: they are listed, not used. Monotone loads are
+    assumed (a pass above a failure is reported, not used)."""
     pts = sorted(loads_and_verdicts)
-    failing = [x for x, v in pts if v != "pass"]
+    failing = [x for x, v in pts if v == "fail"]
     first_fail = failing[0] if failing else None
     passing = [x for x, v in pts if v == "pass" and (first_fail is None or x < first_fail)]
     out = {"lo": passing[-1] if passing else None, "hi": first_fail,
+           "undecided": [x for x, v in pts if v == "undecided"],
            "non_monotone": [x for x, v in pts if v == "pass" and first_fail is not None and x > first_fail]}
-    if out["lo"] is None and first_fail is not None:
-        v = dict(pts)[first_fail]
-        out["problem"] = ("the lowest load measured already fails" if v == "fail" else
-                          "the lowest load measured is not shown to hold (SLOs undecided: too few calls to decide)")
+    if not passing and first_fail is None:
+        out["problem"] = "no load measured was decided (too few calls per point to decide the SLOs)"
+    elif out["lo"] is None:
+        out["problem"] = "the lowest load measured already fails"
     elif first_fail is None:
         out["problem"] = "the highest load measured still passes"
     return out

@@ -5,8 +5,9 @@ bisection finds the highest load at which the SLOs hold.
 
   axis.py       the load points: lists, geometric series, `auto`
   config.py     SweepConfig: the [sweep] table and the flags over it
-  verdict.py    per point: do the SLOs hold (the early-stop rules' decisions), did it saturate
   runner.py     servers kept up across points, the points, the capacity search, sweep.json
+Each point's figures, its SLO verdict and the saturation tests are analysis/sweep.py's (they read
+the points' run directories); the sweep's report is analysis/report_sweep.py.
 
 May import bench.run / bench.spec / engines.launch (it drives engines over HTTP like `tierbench
 run`) and analysis/ (to read each point's results).

@@ -6,9 +6,10 @@ the highest passing and the lowest failing load. Each point also gets vllm-resul
 the provenance, rewritten after every point; a point whose directory already holds a completed
 run of the same spec is reused (resume).
 
-Each point's spec is the sweep's spec with the load set, the SLOs as early-stop rules (a point
-ends once every call-level SLO is decided), one repetition, and the engine as a URL: the server
-kept up. The load: closed loop, load.users; open loop with Poisson or gamma arrivals, load.rate;
+Each point's spec is the sweep's spec with the load set, one repetition, no early stop, and the
+engine as a URL: the server kept up. A point runs its whole workload (or load.duration_s) and its
+SLOs are decided at its end on every call: an early stop would decide 'met' after the first 64
+calls, before an overloaded open loop's queue has built up. The load: closed loop, load.users; open loop with Poisson or gamma arrivals, load.rate;
 open loop with the trace's own arrivals, trace.time_scale chosen so that the trace's mean rate
 (calls over the span of their arrival times) is the point's rate: the trace's burstiness kept.
 """
@@ -46,8 +47,7 @@ def point_spec(spec: RunSpec, engine: EngineSpec, server: Server, load: float, c
         else:
             p.load.arrivals = "poisson" if p.load.arrivals == "trace" else p.load.arrivals
             p.load.rate = float(load)
-    p.load.early_stop = [s for s in cfg.slos if not s.strip().startswith("makespan")]
-    p.load.early_stop_confidence = cfg.confidence
+    p.load.early_stop = []  # decided at the end (module doc)
     return p
 
 
@@ -200,6 +200,8 @@ class EngineSweep:
             if lo is None or hi is None or done >= self.cfg.max_search_points or self._fine(lo, hi):
                 break
             mid = float((int(lo) + int(hi)) // 2) if self.closed else math.sqrt(lo * hi)
+            if mid in c["undecided"]:
+                break  # measured and undecided: more of the same cannot narrow the bracket
             self.measure(mid)
             write()
             done += 1

@@ -80,8 +80,9 @@ def test_closed_loop_saturation_is_flat_throughput_with_rising_ttft():
 def test_capacity_bracket():
     c = capacity([(1, "pass"), (2, "pass"), (4, "fail"), (8, "fail")])
     assert (c["lo"], c["hi"]) == (2, 4) and "problem" not in c
-    c = capacity([(1, "pass"), (2, "undecided"), (4, "pass")])  # undecided is not shown to hold
-    assert (c["lo"], c["hi"], c["non_monotone"]) == (1, 2, [4])
+    c = capacity([(1, "pass"), (2, "undecided"), (4, "pass"), (8, "fail"), (16, "pass")])  # undecided: no evidence
+    assert (c["lo"], c["hi"], c["undecided"], c["non_monotone"]) == (4, 8, [2], [16])
     assert capacity([(1, "fail"), (2, "fail")])["problem"] == "the lowest load measured already fails"
-    assert "SLOs undecided" in capacity([(1, "undecided"), (2, "fail")])["problem"]
+    assert capacity([(1, "undecided"), (2, "fail")])["problem"] == "the lowest load measured already fails"
+    assert "too few calls" in capacity([(1, "undecided"), (2, "undecided")])["problem"]
     assert capacity([(1, "pass"), (2, "pass")])["problem"] == "the highest load measured still passes"
