@@ -5,10 +5,12 @@
 On the tiny model with the reference engine (one thread), SPEC below: an open-loop sweep over
 request rates with SLOs on TTFT p90 and TPOT p90, bisected to a resolution of 10%. Run in this
 order: the engine as it is, twice in a row; then slowed by `--step-delay-ms` D1 < D2 < D3 (a sleep
-in every engine step). The bars: the two plain capacities agree within the reported interval
+in every engine step). The workload: the swe-agent profile's calls with prompts scaled to ~700
+tokens, Poisson arrivals, each point sending for 20 s. The bars: the two plain capacities agree within the reported interval
 (each one's [capacity, failing load] bracket contains the other's capacity, or the brackets
 overlap), and the capacities with delays are in strictly decreasing order, each below the plain
-one. Every sweep directory is kept under OUT/ with its points and report.
+one. Every sweep directory is kept under OUT/ with its sweep.json, report and each point's run.json
+(the points' request tables are dropped: sweep.json holds their figures).
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "sweep-capacity"
 PROG = "python -m tools.capacity_trials"
-DELAYS_MS = (0.5, 1.0, 2.0)
-RATES = "geom:2:64:6"
+DELAYS_MS = (1.0, 2.0, 4.0)
+RATES = "geom:4:128:6"
 SLOS = ("ttft_p90<=200", "tpot_p90<=8")
 
 SPEC = """\
@@ -31,16 +33,16 @@ name = "capacity-{label}"
 model = "tiny"
 
 [trace]
-path = "profile:demo"
-sessions = 120
-seed = 5
-max_context = 1024
-think_scale = 0.0
+path = "profile:swe-agent"
+sessions = 16
+seed = 1
+token_scale = 0.05
+max_context = 4096
 
 [load]
 mode = "open"
 arrivals = "poisson"
-duration_s = 15
+duration_s = 20
 
 [[engines]]
 kind = "reference"
@@ -60,6 +62,9 @@ def sweep(out: Path, label: str, delay_ms: float) -> dict:
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - t0
+    for f in (d / "points").glob("*/*"):
+        if f.name != "run.json" and f.is_file():
+            f.unlink()
     doc = json.loads((d / "sweep.json").read_text())
     c = next(iter(doc["engines"].values()))["capacity"]
     print(f"{label}: exit {r.returncode}, {wall:.0f} s, capacity {c.get('lo')} (fails at {c.get('hi')})"

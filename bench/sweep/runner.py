@@ -190,26 +190,37 @@ class EngineSweep:
             self.wall_s = round(time.monotonic() - t0, 1)
 
     def search(self, write) -> None:
-        """Bisect between the highest passing and the lowest failing load (module doc)."""
+        """Bisect between the highest passing and the lowest failing load (module doc). Loads left
+        undecided inside the bracket cut it into gaps; the widest gap is halved next, so the
+        bracket still narrows around a load that too few calls could decide."""
         from analysis.sweep import capacity
 
         done = 0
         while True:
             c = capacity([(p["load"], p["verdict"]) for p in self.points if p["label"] not in ("sync", "max")])
-            lo, hi = c["lo"], c["hi"]
-            if lo is None or hi is None or done >= self.cfg.max_search_points or self._fine(lo, hi):
+            nxt = self._next_load(c)
+            if nxt is None or done >= self.cfg.max_search_points:
                 break
-            mid = float((int(lo) + int(hi)) // 2) if self.closed else math.sqrt(lo * hi)
-            if mid in c["undecided"]:
-                break  # measured and undecided: more of the same cannot narrow the bracket
-            self.measure(mid)
+            self.measure(nxt)
             write()
             done += 1
+        lo, hi = c["lo"], c["hi"]
         c["resolution"] = "hi - lo <= 1 session" if self.closed else f"hi / lo - 1 <= {self.cfg.resolution:g}"
         c["resolved"] = lo is not None and hi is not None and self._fine(lo, hi)
         c["search_points"] = done
         c["unit"] = "sessions" if self.closed else "calls/s"
         self.capacity = c
+
+    def _next_load(self, c: dict) -> float | None:
+        lo, hi = c["lo"], c["hi"]
+        if lo is None or hi is None:
+            return None
+        cuts = [lo, *sorted(u for u in c["undecided"] if lo < u < hi), hi]
+        gaps = [(a, b) for a, b in zip(cuts, cuts[1:]) if not self._fine(a, b)]
+        if not gaps:
+            return None
+        a, b = max(gaps, key=lambda g: g[1] - g[0] if self.closed else g[1] / g[0])
+        return float((int(a) + int(b)) // 2) if self.closed else math.sqrt(a * b)
 
     def _fine(self, lo: float, hi: float) -> bool:
         return hi - lo <= 1 if self.closed else hi / lo - 1 <= self.cfg.resolution

@@ -129,3 +129,15 @@ def test_search_bisects_to_the_resolution(tmp_path):
         sw.points.append({"load": x, "label": f"sessions-{x}", "verdict": "pass" if x <= 11 else "fail"})
     sw.search(lambda: None)
     assert (sw.capacity["lo"], sw.capacity["hi"]) == (11, 12)
+    # a load left undecided inside the bracket: the gaps beside it are halved instead
+    sw.closed, sw.points, cfg.closed = False, [], False
+
+    def measure2(load, label=None, closed=None):
+        v = "undecided" if 10 <= load <= 12.5 else "pass" if load < 10 else "fail"
+        sw.points.append({"load": load, "label": f"rate-{load:g}", "verdict": v})
+    sw.measure = measure2
+    for x in (4, 16, 64):
+        measure2(x)
+    sw.search(lambda: None)
+    c = sw.capacity
+    assert 9 <= c["lo"] < 10 and 12.5 < c["hi"] <= 13.8 and c["undecided"] and not c["resolved"]
