@@ -145,7 +145,7 @@ def test_study_end_to_end_at_a_tiny_scale(tmp_path):
     run = out / "runs" / "reference-lru-n2-r0"
     assert (run / "run.json").exists() and (run / "sessions.parquet").exists() and not (run / "workload.jsonl").exists()
     assert r.stderr.count("makespan p90") == 4
-    assert p["lost_tokens_per_call"] is not None
+    assert p["lost_tokens_per_call"] is not None and "Where the evictions land" in (out / "report.md").read_text()
     # the same command again keeps every completed run (a study cut short resumes), --fresh reruns
     r = subprocess.run(cmd, cwd=rs.REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and r.stderr.count("(kept)") == 4, r.stderr[-2000:]

@@ -387,6 +387,11 @@ def render_retention(root: Path) -> str:
     d = _load(root, rel)
     if d is None:
         return f"Not yet measured ({rel} is absent)."
+    return render_retention_study(d, rel)
+
+
+def render_retention_study(d: dict, rel: str) -> str:
+    """The retention study's tables and findings from its study.json (also its report.md)."""
     st, sc = d["setting"], d["scale"]
     mib = st["num_blocks"] * st["block_size"] * st["kv_bytes_per_token"] / 2**20
     out = [f"KV budget {st['num_blocks']:,} blocks of {st['block_size']} tokens ({mib:.1f} MiB); trace scaled by {sc['token_scale']:g} (tokens) and "

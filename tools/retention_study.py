@@ -5,7 +5,8 @@
 
 For each concurrent-session count N and each `--kv-retention` policy of the reference engine (and
 vLLM with the same KV budget as the outside reference) it runs `tierbench run` on the same scaled
-agentic-coding workload in a closed loop of N users, and writes results/retention-cpu/study.json:
+agentic-coding workload in a closed loop of N users, and writes results/retention-cpu/study.json
+(and report.md, its tables in Markdown):
 per (engine/policy, N) the session makespan p50/p90 and TTFT p99 with 95% intervals, the prefix
 hit ratio against the trace's ideal, evicted and recomputed tokens per call; the knee of each
 policy; and the ranking of the policies at each N where the intervals separate them.
@@ -328,6 +329,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num-blocks", type=int, default=None, help="KV budget in 16-token blocks (default: computed)")
     ap.add_argument("--no-vllm", action="store_true", help="skip vLLM")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--report", action="store_true", help="only rewrite OUT/report.md from OUT/study.json")
     ap.add_argument("--fresh", action="store_true",
                     help="rerun every run (default: keep a completed run of the same spec already in --out)")
     for f in dataclasses.fields(Scale):
@@ -365,10 +367,24 @@ def label(kind: str, policy: str) -> str:
     return policy if kind == "reference" else kind
 
 
+def write_report(out: Path) -> Path:
+    """out/report.md: the study's tables, knees, rankings and where the evictions land."""
+    from tools.readme_figures import render_retention_study
+    path = out / "report.md"
+    body = render_retention_study(json.loads((out / "study.json").read_text()), "study.json")
+    path.write_text("# KV retention under agent load (tools/retention_study.py)\n\n" + body + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     from engines.provenance import provenance
 
     a = parse(argv)
+    if a.report:
+        if not (Path(a.out) / "study.json").exists():
+            fail(f"--report: {Path(a.out) / 'study.json'} does not exist (run the study first)")
+        print(f"wrote {write_report(Path(a.out))}", file=sys.stderr)
+        return 0
     command = " ".join([PROG, *(argv if argv is not None else sys.argv[1:])])
     sc = Scale(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Scale)})
     out = Path(a.out)
@@ -418,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
              "runs": runs, "provenance": provenance(command)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study, indent=1) + "\n")
+    write_report(out)
     print(f"wrote {out / 'study.json'} ({len(runs)} runs, {sum(r['exit'] != 0 for r in runs)} failed)", file=sys.stderr)
     return 0 if all(r["exit"] == 0 for r in runs) else 1
 

@@ -39,6 +39,7 @@ class ABConfig:
     server_cpus: list[int] | None = None  # both servers pinned here (None: not pinned)
     client_cpus: list[int] | None = None  # this process pinned here
     command: str = ""          # the command line, for provenance
+    scrape_s: dict[str, float] | None = None  # per variant: scrape its /metrics every S s during its rounds (0: not)
 
 
 def order(pairs: int) -> list[tuple[int, str]]:
@@ -56,7 +57,7 @@ def run_ab(spec, variants: tuple[Variant, Variant], plans, workload: dict, out: 
     rd.info["workload"] = workload
     ab = {"kind": "tierbench-ab", "name": spec.name, "status": "running", "confidence": cfg.confidence,
           "pairs": 0, "variants": {v.name: v.to_dict() for v in variants}, "rounds": [], "comparison": {},
-          "pinning": {"server_cpus": cfg.server_cpus, "client_cpus": cfg.client_cpus},
+          "pinning": {"server_cpus": cfg.server_cpus, "client_cpus": cfg.client_cpus}, "scrape_s": cfg.scrape_s,
           "provenance": {"git_commit": rd.info["git_commit"], "environment": rd.info["environment"],
                          "date": rd.info["start"], "command": cfg.command}}
     rd.info["ab"] = {"variants": ab["variants"]}
@@ -120,17 +121,21 @@ def _rounds(spec, plans, servers: dict[str, Server], out: Path, ab: dict, cfg: A
             watch = threading.Thread(target=_watch, args=(server, died), daemon=True)
             watch.start()
             recorder = Recorder(out, name, label)
+            scraper = _scraper(server, name, label, (cfg.scrape_s or {}).get(name, 0.0))
             t0 = time.time()
             try:
                 result = play_round(plans, server, recorder, spec.load, died)
             finally:
                 recorder.close()
+                if scraper is not None:
+                    scraper.stop()
             alive = server.alive()
             died.set()
             r = {"index": index, "pair": pair, "variant": name, "label": label, "start": t0,
                  "wall_s": round(result["wall_s"], 3), "calls": result["calls"], "errors": result["errors"],
                  "cache_reset": cache_reset, "status": "ok" if alive else "died",
-                 "counters": counter_delta(before, server.counters()) if alive else None}
+                 "counters": counter_delta(before, server.counters()) if alive else None,
+                 "scrapes": len(scraper.rows) if scraper is not None else 0}
             ab["rounds"].append(r)
             bar.update(1)
             if not alive:
@@ -142,6 +147,14 @@ def _rounds(spec, plans, servers: dict[str, Server], out: Path, ab: dict, cfg: A
         return EXIT_FAILED if any(r["errors"] for r in ab["rounds"]) else EXIT_OK
     finally:
         bar.close()
+
+
+def _scraper(server: Server, name: str, label: str, interval_s: float):
+    """The scraper of one round (`tierbench ab --b-scrape 1`: what scraping costs the engine), or None."""
+    if not interval_s:
+        return None
+    from bench.measure.server_metrics import ServerMetricsScraper
+    return ServerMetricsScraper(server.base_url, name, label, interval_s, server.api_key).start()
 
 
 def _watch(server: Server, done: threading.Event) -> None:

@@ -42,6 +42,10 @@ def register(sub) -> None:
                     help="pin both servers to these CPUs, e.g. 1 or 2-3 (default: not pinned)")
     sp.add_argument("--client-cpus", type=cpu_list, metavar="LIST",
                     help="pin this process (the client) to these CPUs, e.g. 0 (default: not pinned)")
+    sp.add_argument("--a-scrape", type=float, default=0.0, metavar="S",
+                    help="scrape A's /metrics every S s during its rounds, as `tierbench run` does (default 0: not)")
+    sp.add_argument("--b-scrape", type=float, default=0.0, metavar="S",
+                    help="the same for B: --b-scrape 1 with --b spec measures what 1 Hz scraping costs the engine")
     sp.add_argument("--confidence", type=confidence, default=0.95, help="interval confidence (default 0.95)")
     sp.add_argument("--out", metavar="DIR", help="the A/B directory (default results/ab-NAME)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,7 +94,10 @@ def cmd_ab(args) -> int:
     spec.engines = [v.engine for v in variants]
     engine_defaults(spec, model_dir)
     out = Path(args.out or f"results/ab-{spec.name}")
+    if args.a_scrape < 0 or args.b_scrape < 0:
+        raise BadInput(f"--{'a' if args.a_scrape < 0 else 'b'}-scrape: expected seconds >= 0")
     cfg = ABConfig(pairs=args.pairs, warmup_calls=args.warmup_calls, confidence=args.confidence,
+                   scrape_s={"A": args.a_scrape, "B": args.b_scrape},
                    server_cpus=args.server_cpus, client_cpus=args.client_cpus,
                    command=shlex.join(["tierbench", *sys.argv[1:]]) if sys.argv[1:2] == ["ab"] else "tierbench ab")
     try:

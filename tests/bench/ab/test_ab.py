@@ -58,10 +58,14 @@ def test_ab_rounds_alternate_and_counters_agree_exactly(tmp_path):
 def test_ab_gate_fails_a_slower_engine_on_timing(tmp_path):
     out = tmp_path / "ab"
     # 3 ms per step on a ~0.6 ms step: several times slower, whatever the machine is doing
-    r = tierbench("ab", str(SPEC), "--b-arg=--step-delay-ms=3", "--pairs", "3", "--out", str(out), "--quiet")
+    r = tierbench("ab", str(SPEC), "--b-arg=--step-delay-ms=3", "--b-scrape", "0.2", "--pairs", "3", "--out", str(out),
+                  "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     ab = json.loads((out / "ab.json").read_text())
     assert ab["variants"]["B"]["extra_args"] == ["--step-delay-ms=3"]
+    # B's /metrics scraped during its rounds only (what scraping costs is an A/B like this one)
+    assert ab["scrape_s"] == {"A": 0.0, "B": 0.2}
+    assert all((r["scrapes"] >= 2) == (r["variant"] == "B") for r in ab["rounds"]), ab["rounds"]
     assert ab["comparison"]["tpot_p50"]["verdict"] == "B worse"
     assert ab["comparison"]["output_throughput"]["verdict"] == "B worse"
     g = tierbench("gate", "--ab", str(out), "--metric", "tpot_p50", "--metric", "output_throughput",
