@@ -31,8 +31,9 @@ SERVER_METRICS = "server_metrics.parquet"
 SCRAPE_JOURNAL = "server_metrics.jsonl"  # scrapes appended per repetition, merged into SERVER_METRICS at the end
 
 
-def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
-    """Run the spec into `out`; returns the exit status (0 ok, 1 failures, 130 interrupted)."""
+def execute(spec: RunSpec, out: Path, progress: bool = True, log=print, report: bool = True) -> int:
+    """Run the spec into `out`; returns the exit status (0 ok, 1 failures, 130 interrupted).
+    report: write report.html (a sweep's points leave it to the sweep's own report)."""
     plans, model_dir, workload = prepare_workload(spec)
     rd = RunDir(out, spec)
     for old in (out / SERVER_METRICS, out / SCRAPE_JOURNAL):  # a rerun into the same directory starts clean
@@ -60,7 +61,7 @@ def execute(spec: RunSpec, out: Path, progress: bool = True, log=print) -> int:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
-        finalize(out, rd, spec, status, log)
+        finalize(out, rd, spec, status, log, report)
     return code
 
 
@@ -221,7 +222,7 @@ def _stop_scraper(scraper: ServerMetricsScraper | None, out: Path, info: dict) -
     return {"samples": len(scraper.rows), "scrape_failures": scraper.failures}
 
 
-def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
+def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log, report: bool = True) -> None:
     """Merge the per-process records into requests.parquet, build sessions.parquet and the summary."""
     import pandas as pd
 
@@ -267,7 +268,7 @@ def finalize(out: Path, rd: RunDir, spec: RunSpec, status: str, log) -> None:
                 log(f"claims.json not written ({type(e).__name__}: {e})")
         rd.info["summary"] = summary
     rd.save()
-    if len(df):
+    if len(df) and report:
         try:  # the report is a view of the files above: a failure here loses nothing
             from analysis.report import write_report
             write_report([out], out / "report.html")

@@ -62,7 +62,7 @@ def sweep(out: Path, label: str, delay_ms: float) -> dict:
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     wall = time.monotonic() - t0
-    for f in (d / "points").glob("*/*"):
+    for f in [*(d / "points").glob("*/*"), d / "report.html"]:  # report.html: `tierbench report DIR` redraws it
         if f.name != "run.json" and f.is_file():
             f.unlink()
     doc = json.loads((d / "sweep.json").read_text())
@@ -85,11 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--delays", default=",".join(f"{d:g}" for d in DELAYS_MS),
+                    help=f"the three step delays in ms, increasing (default {','.join(f'{d:g}' for d in DELAYS_MS)})")
     a = ap.parse_args(argv)
     command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(a.out)
     plain = [sweep(out, f"plain-{i}", 0.0) for i in (1, 2)]
-    slowed = [sweep(out, f"delay-{d:g}ms", d) for d in DELAYS_MS]
+    delays = [float(x) for x in a.delays.split(",")]
+    slowed = [sweep(out, f"delay-{d:g}ms", d) for d in delays]
     caps = [plain[1]["capacity"]] + [s["capacity"] for s in slowed]
     decreasing = None not in caps and all(x > y for x, y in zip(caps, caps[1:]))
     doc = {"what": "SLO capacity of the reference engine: repeated, and with step delays", "command": command,

@@ -92,7 +92,7 @@ class EngineSweep:
         reused = _reusable(run_dir, pspec)
         if not reused:
             self.server.reset_prefix_cache()
-            code = execute(pspec, run_dir, progress=self.progress, log=self.log)
+            code = execute(pspec, run_dir, progress=self.progress, log=self.log, report=False)
             if code not in (0, 1):
                 raise KeyboardInterrupt
         info = json.loads((run_dir / "run.json").read_text())

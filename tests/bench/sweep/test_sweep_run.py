@@ -70,6 +70,7 @@ def test_a_closed_loop_sweep_its_resume_and_report(tiny_model_dir, env, tmp_path
         assert p["verdict"] == "pass" and p["slos"][0]["decision"] == "met"
         vllm = json.loads((out / p["dir"] / "vllm-result.json").read_text())  # vLLM's format, same figures
         assert vllm["completed"] == p["completed"] and vllm["max_concurrency"] == int(p["load"])
+        assert not (out / p["dir"] / "report.html").exists()  # one report for the sweep, not one per point
         assert p["ttft_p50_ms"]["lo"] <= p["ttft_p50_ms"]["estimate"] <= p["ttft_p50_ms"]["hi"]
     assert "saturation" in eng["points"][1] and "saturation" not in eng["points"][0]
     assert doc["provenance"]["git_commit"] and eng["capacity"]["problem"] == "the highest load measured still passes"
