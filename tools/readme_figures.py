@@ -481,6 +481,63 @@ def render_sweep(root: Path, rel: str) -> str:
     return "\n".join(out)
 
 
+def _cap(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def render_capacity(root: Path) -> str:
+    """tools/capacity_trials.py: the capacity twice, then with three step delays (each run found)."""
+    rels = [r for r in ("results/sweep-capacity/trials.json", "results/sweep-capacity-2/trials.json")
+            if (root / r).exists()]
+    if not rels:
+        return "Not yet measured (results/sweep-capacity/trials.json is absent)."
+    out = []
+    for rel in rels:
+        d = _load(root, rel)
+        rows = d["plain"] + d["slowed"]
+        out += [f"SLOs {', '.join(f'`{x}`' for x in d['slos'])}, rates `{d['rates']}` bisected to hi/lo - 1 <= "
+                f"{d['resolution']:g}; commit `{d['provenance']['git_commit'][:7]}`:", "",
+                "| sweep | step delay | SLO capacity (calls/s) | fails at | wall |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['label']} | {r['delay_ms']:g} ms | {_cap(r['capacity'])} | {_cap(r['fails_at'])} | "
+                f"{r['wall_s'] / 60:.1f} min |" for r in rows]
+        b = d["bars"]
+        out += ["", f"Repeat agrees within its interval: **{'yes' if b['repeat_agrees'] else 'no'}**; capacities "
+                f"strictly decreasing from the plain engine through the three delays: "
+                f"**{'yes' if b['delays_strictly_decreasing'] else 'no'}**.", "", _source(rel, d["command"]), ""]
+    return "\n".join(out).rstrip()
+
+
+def render_scrape_cost(root: Path) -> str:
+    """What scraping /metrics costs the engine: `tierbench ab --b-scrape S` (A unscraped)."""
+    out = []
+    for rel in ("results/ab-scrape-cost/ab.json", "results/ab-scrape-cost-10hz/ab.json"):
+        d = _load(root, rel)
+        if d is None:
+            continue
+        hz = 1 / d["scrape_s"]["B"]
+        c = d["comparison"]["tpot_p50"]
+        r = c["ratio"]
+        out.append(f"- scraped at {hz:g} Hz: TPOT p50 ratio (scraped / not) **{r['estimate']:.4f}** "
+                   f"[{r['lo']:.4f}, {r['hi']:.4f}] over {d['pairs']} round pairs, "
+                   f"{sum(x.get('scrapes', 0) for x in d['rounds'] if x['variant'] == 'B')} scrapes "
+                   f"(commit `{d['provenance']['git_commit'][:7]}`; `{d['provenance']['command']}`)")
+    return "\n".join(out) if out else "Not yet measured (results/ab-scrape-cost/ab.json is absent)."
+
+
+def render_vllm_check(root: Path) -> str:
+    rel = "results/sweep-vs-vllm-bench/check.json"
+    d = _load(root, rel)
+    if d is None:
+        return f"Not yet measured ({rel} is absent)."
+    r, t = d["ratio"], d["trace"]
+    pairs = ", ".join(f"{p['ratio']:.4f}" for p in d["pairs"])
+    return (f"{t['requests']} requests ({t['input_len']} in, {t['output_len']} out) at {t['rate']:.2f} calls/s, "
+            f"{len(d['pairs'])} alternating pairs: output throughput of the sweep point over vLLM's "
+            f"**{r['estimate']:.4f}** [{r['lo']:.4f}, {r['hi']:.4f}] (pairs: {pairs}); worst pair "
+            f"{d['worst_deviation']:.2%} against the bar of {d['bar']:.0%}: **{'met' if d['met'] else 'not met'}**. "
+            + _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`.")
+
+
 BLOCKS = {
     "fidelity": render_fidelity,
     "offline": render_offline,
@@ -495,6 +552,9 @@ BLOCKS = {
     "gpu": render_gpu,
     "retention": render_retention,
     "sweep-cpu": lambda root: render_sweep(root, "results/sweep-cpu/sweep.json"),
+    "sweep-capacity": render_capacity,
+    "scrape-cost": render_scrape_cost,
+    "sweep-vllm-check": render_vllm_check,
 }
 
 

@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
-    command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join([PROG, *(argv if argv is not None else sys.argv[1:])])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     model = ensure_tiny_model()
     trace = out / "trace.jsonl"
     offsets = write_timed_trace(trace, N, IN, OUTPUT, RATE, seed=SEED)
-    rate = trace_rate(offsets)
+    rate = float(trace_rate(offsets))
     server = Server(EngineSpec("reference", name="reference", model=str(model),
                                args=["--num-threads", "1", "--dtype", "float32"]), out)
     server.start()
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "duration_s": r["duration"]}
                 else:
                     d = out / f"sweep-{k}"
-                    r = subprocess.run([sys.executable, "-m", "bench", "sweep", str(spec), "--rates", repr(rate),
+                    r = subprocess.run([sys.executable, "-m", "bench", "sweep", str(spec), "--rates", repr(float(rate)),
                                         "--out", str(d), "--quiet"], cwd=REPO, capture_output=True, text=True)
                     if r.returncode != 0:
                         raise SystemExit(f"{PROG}: tierbench sweep failed:\n{r.stderr[-2000:]}")

@@ -90,6 +90,9 @@ def _start_both(variants, servers: dict[str, Server], out: Path, log) -> None:
     """Both servers start at once (an A/B's start-up costs one server's), spawned from this thread,
     which outlives them: a child dies with the thread that started it."""
     for v in variants:
+        if v.source == "A":  # B is A's own server (variants.py)
+            log(f"[{v.name}] A's server")
+            continue
         check_out(v)
         log(f"[{v.name}] {v.label}: " + ("starting server ..." if v.engine.kind != "url" else f"using {v.engine.url}"))
         servers[v.name] = Server(v.engine, out)
@@ -98,6 +101,9 @@ def _start_both(variants, servers: dict[str, Server], out: Path, log) -> None:
         except (OSError, ValueError) as e:
             raise VariantError(f"variant {v.name} ({v.label}) failed to start: {e}") from None
     for v in variants:
+        if v.source == "A":
+            servers[v.name] = servers["A"]
+            continue
         server = servers[v.name]
         try:
             server.ready()

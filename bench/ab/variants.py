@@ -7,6 +7,8 @@
 - `vllm` or `vllm:PYTHON`: vLLM started by that interpreter (default $TIERBENCH_VLLM_PYTHON or this
   one), for comparing two installs or versions.
 - `http(s)://HOST:PORT`: a server already running.
+- `A` (for B only): A's own server, the same process: the sides then differ only in what the
+  client does around the rounds (`--b-scrape`), with no difference between two servers at all.
 
 Extra server flags (`--a-arg`, `--b-arg`) are appended to the side's engine arguments.
 """
@@ -50,6 +52,10 @@ class Variant:
 def resolve(name: str, source: str | None, spec_engines: list[EngineSpec], extra_args: list[str]) -> Variant:
     """The variant for side `name` ("A" or "B"); VariantError naming the side and the cause."""
     source = source or "spec"
+    if source == "A":
+        if name != "B" or extra_args:
+            raise VariantError(f"variant {name}: 'A' (A's own server) is for --b only, without --b-arg")
+        return Variant(name, source, EngineSpec("url", name=name, url="same-as-A"), "A's server")
     if source == "spec":
         if len(spec_engines) > 2:
             raise VariantError(f"variant {name}: the spec has {len(spec_engines)} engines; an A/B compares two "
@@ -71,7 +77,7 @@ def resolve(name: str, source: str | None, spec_engines: list[EngineSpec], extra
         base = EngineSpec("url", url=source.rstrip("/"))
         label = base.url
     else:
-        raise VariantError(f"variant {name}: {source!r}: expected spec, ref:GITREF, vllm[:PYTHON] or an http(s) URL")
+        raise VariantError(f"variant {name}: {source!r}: expected spec, ref:GITREF, vllm[:PYTHON], an http(s) URL or (for B) A")
     return _finish(name, source, base, label, extra_args)
 
 

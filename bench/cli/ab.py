@@ -19,12 +19,15 @@ A variant (--a, --b) is one of:
   ref:GITREF     this repository's reference engine at GITREF, served from a temporary worktree
   vllm[:PYTHON]  vLLM started by that interpreter (another install or version)
   URL            a server already running (http://HOST:PORT)
+  A              (--b only) A's own server: with --b-scrape, what scraping /metrics costs, free of
+                 any difference between two servers
 --a-arg/--b-arg add server flags to one side (write them with '=': --b-arg=--step-delay-ms=0.4).
 
 Examples:
   tierbench ab examples/ci-smoke.toml --a ref:HEAD~1 --b spec --server-cpus 1 --client-cpus 0
   tierbench ab examples/ci-smoke.toml --b-arg=--step-delay-ms=0.4 --pairs 8
   tierbench ab examples/agentic-cpu.toml --pairs 3        # reference (A) against vLLM (B)
+  tierbench ab examples/ci-smoke.toml --b A --b-scrape 1 --pairs 20 --server-cpus 1 --client-cpus 0
 """
 
 

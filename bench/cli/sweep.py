@@ -21,9 +21,10 @@ Points already measured with the same spec are reused (rerun the same command to
 Load points (--rates for open loop, --sessions for closed loop; or the spec's [sweep] table):
   1,2,4,8        a list, increasing
   geom:0.5:8:5   5 values in a geometric series from 0.5 to 8
-  auto[:N]       open loop: a synchronous point and a maximum-throughput point first, then N
-                 rates evenly between their throughputs (default 6); closed loop: 1, 2, 4, ...
-                 up to N sessions (default 64), until saturation
+  auto[:N]       open loop: a synchronous point (one session at a time) and a maximum-throughput
+                 point (every call sent at once) first, then N rates evenly between their
+                 throughputs (default 6); closed loop: 1, 2, 4, ... up to N sessions (default
+                 64), until saturation
 SLOs (--slo, repeatable): METRIC_pQ<=MS with METRIC ttft, tpot, itl or e2el; makespan_pQ<=SECONDS.
 
 Examples:

@@ -3,8 +3,8 @@
 An axis is written as
   "1,2,4,8"            a list, increasing
   "geom:0.5:8:5"       a geometric series: 5 values from 0.5 to 8
-  "auto" / "auto:N"    open loop: a synchronous point (one session at a time) and a maximum
-                       throughput point (every session at once) are measured first, then N rates
+  "auto" / "auto:N"    open loop: a synchronous point (one session at a time, closed loop) and a
+                       maximum-throughput point (every call sent at once) are measured first, then N rates
                        evenly spaced strictly between their throughputs (default 6), as guidellm's
                        sweep does; closed loop: 1, 2, 4, ... doubling up to N sessions (default 64)
                        or until the engine saturates.

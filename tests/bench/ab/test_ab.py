@@ -75,6 +75,18 @@ def test_ab_gate_fails_a_slower_engine_on_timing(tmp_path):
     assert "| `A->B.steps` | exact |" in g.stdout and "equal" in g.stdout  # counters do not move with time
 
 
+def test_ab_b_on_as_own_server_scrapes_only_in_b_rounds(tmp_path):
+    out = tmp_path / "ab"
+    r = tierbench("ab", str(SPEC), "--b", "A", "--b-scrape", "0.05", "--pairs", "2", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ab = json.loads((out / "ab.json").read_text())
+    assert ab["variants"]["B"]["source"] == "A" and r.stderr.count("starting server") == 1  # one server
+    assert all((x["scrapes"] >= 2) == (x["variant"] == "B") for x in ab["rounds"]), ab["rounds"]
+    assert ab["pairs"] == 2 and ab["comparison"]["tpot_p50"]["verdict"]
+    bad = tierbench("ab", str(SPEC), "--a", "A", "--pairs", "2")
+    assert bad.returncode == 2 and "'A' (A's own server) is for --b only" in bad.stderr
+
+
 def test_ab_unknown_git_ref_is_bad_input(tmp_path):
     r = tierbench("ab", str(SPEC), "--a", "ref:no-such-ref-xyz", "--out", str(tmp_path / "ab"))
     assert r.returncode == 2
