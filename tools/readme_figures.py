@@ -462,7 +462,8 @@ def render_sweep(root: Path, rel: str) -> str:
            f"| engine | SLO capacity ({unit}) | fails at | saturated at | points |", "|---|---:|---:|---:|---:|"]
     for name, e in d["engines"].items():
         c = e.get("capacity") or {}
-        cap = "-" if not c else (c.get("problem") or load(c["lo"]))
+        cap = "-" if not c else load(c["lo"]) if not c.get("problem") else \
+            f"at least {load(c['lo'])} ({c['problem']})" if c.get("lo") is not None else c["problem"]
         out.append(f"| {name} | {cap} | {load(c['hi']) if c.get('hi') is not None else '-'} | "
                    f"{load(e['saturated_at']) if e.get('saturated_at') is not None else 'not reached'} | {len(e['points'])} |")
     out += ["", f"| engine | point | load ({unit}) | req/s | output tok/s | TTFT p99 [CI] ms | TPOT p99 [CI] ms | SLOs | saturated |",

@@ -82,8 +82,7 @@ class EngineSweep:
 
     # -- one point ------------------------------------------------------------------------------
     def measure(self, load: float, label: str | None = None, closed: bool | None = None) -> dict:
-        from analysis.metrics import load_requests
-        from analysis.sweep import decide, point_figures, verdict
+        from analysis.sweep import point_figures, verdict
         from bench.run import execute
 
         closed = self.closed if closed is None else closed
@@ -96,24 +95,32 @@ class EngineSweep:
             code = execute(pspec, run_dir, progress=self.progress, log=self.log, report=False)
             if code not in (0, 1):
                 raise KeyboardInterrupt
-        info = json.loads((run_dir / "run.json").read_text())
-        if not reused:
             _export_vllm(run_dir, self.log)
-        figures = point_figures(run_dir, self.cfg.confidence)
-        requests = load_requests(run_dir)
-        import pandas as pd
-        sp = run_dir / "sessions.parquet"
-        sessions = pd.read_parquet(sp) if sp.exists() else pd.DataFrame({"makespan_s": []})
-        reps = next(iter(info.get("engines", {}).values()), {}).get("repetitions", [{}])
-        early = {r["rule"]: r for r in ((reps[-1] if reps else {}).get("early_stop") or {}).get("rules", [])}
-        from analysis.sweep import rule_name
-        decisions = [decide(r, requests, sessions, early.get(rule_name(r))) for r in self.cfg.rules()]
+        info = json.loads((run_dir / "run.json").read_text())
+        decisions = self._decisions(run_dir, info)
         rec = {"load": load, "label": label, "closed": closed, "dir": str(run_dir.relative_to(self.out)),
-               "reused": reused, "status": info.get("status"), **figures, "slos": decisions,
-               "verdict": verdict(decisions) if decisions else None}
+               "reused": reused, "status": info.get("status"), **point_figures(run_dir, self.cfg.confidence),
+               "slos": decisions, "verdict": verdict(decisions) if decisions else None}
         self.points.append(rec)
         self._say(rec)
         return rec
+
+    def _decisions(self, run_dir: Path, info: dict) -> list[dict]:
+        """Each SLO at this point (analysis.sweep.decide), on its calls and sessions."""
+        import pandas as pd
+
+        from analysis.metrics import load_requests
+        from analysis.sweep import decide, rule_name
+
+        rules = self.cfg.rules()
+        if not rules:
+            return []
+        sp = run_dir / "sessions.parquet"
+        sessions = pd.read_parquet(sp) if sp.exists() else pd.DataFrame({"makespan_s": []})
+        reps = next(iter(info.get("engines", {}).values()), {}).get("repetitions") or [{}]
+        early = {r["rule"]: r for r in (reps[-1].get("early_stop") or {}).get("rules", [])}
+        requests = load_requests(run_dir)
+        return [decide(r, requests, sessions, early.get(rule_name(r))) for r in rules]
 
     def trace_rate(self) -> float | None:
         """The workload's mean arrival rate at the spec's time_scale (None: no arrival times)."""
