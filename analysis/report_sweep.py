@@ -21,19 +21,18 @@ from plotly.subplots import make_subplots
 
 from analysis.report import CSS
 from analysis.report_figures import _color, render_figure
+from analysis.peers import read_json_object
 from analysis.report_html import esc, html_table, section
 
 CURVES = (("ttft", "TTFT", "ms"), ("tpot", "TPOT", "ms"), ("e2el", "E2EL", "ms"))
 
 
 def load_sweep(path: str | Path) -> dict:
+    """sweep.json of a sweep directory (or the file); ValueError naming the file when it is not one."""
     p = Path(path)
     f = p / "sweep.json" if p.is_dir() else p
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{f}: not a sweep result ({e})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("engines"), dict):
+    doc = read_json_object(f)
+    if not isinstance(doc.get("engines"), dict):
         raise ValueError(f"{f}: field 'engines': expected the engines of a sweep")
     return doc
 

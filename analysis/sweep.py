@@ -67,30 +67,17 @@ def _ok_calls(requests: pd.DataFrame) -> pd.DataFrame:
 
 
 def call_values_ms(requests: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values in ms, session of each) for ttft | tpot | e2el | itl over completed calls."""
+    """(values in ms, session of each) for ttft | tpot | e2el | itl over completed, measured calls,
+    with analysis.compare's definitions (per_call, itl_gaps)."""
+    from analysis.compare import itl_gaps, per_call
+
     df = _ok_calls(requests)
-    num = lambda c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)  # noqa: E731
-    session = df["session"].fillna("").astype(str).where(lambda s: s != "", df["request_id"].astype(str)).to_numpy()
-    sent, first, last = num("sent"), num("first_token"), num("last_token")
     if metric == "itl":
-        vals, sess = [], []
-        for gaps, s in zip(df["itl"], session):
-            g = [] if gaps is None else list(gaps)
-            vals += [x * 1000 for x in g]
-            sess += [s] * len(g)
-        return np.asarray(vals, dtype=float), np.asarray(sess, dtype=object)
-    if metric == "ttft":
-        v = first - sent
-    elif metric == "e2el":
-        v = last - sent
-    elif metric == "tpot":
-        out = pd.to_numeric(df["output_tokens"], errors="coerce").to_numpy(dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(out > 1, (last - first) / (out - 1), np.nan)
-    else:
-        raise ValueError(f"no per-call values for {metric!r}")
-    keep = ~np.isnan(v)
-    return v[keep] * 1000, session[keep]
+        v, s = itl_gaps(df)
+        return v * 1000, s
+    pc = per_call(df, metric)
+    keep = pc["value"].notna().to_numpy()
+    return pc["value"].to_numpy(dtype=float)[keep] * 1000, pc["session"].to_numpy()[keep]
 
 
 def decide(rule: EarlyStopRule, requests: pd.DataFrame, sessions: pd.DataFrame, early: dict | None) -> dict:
@@ -120,13 +107,11 @@ def verdict(decisions: list[dict]) -> str:
     return "undecided"
 
 
-def point_figures(run_dir: Path, confidence: float = 0.95) -> dict:
-    """Throughputs, latency p50/p90/p99 with intervals (ms), makespan p50/p90 with intervals (s)."""
-    from analysis.metrics import load_requests
-
+def point_figures(run_dir: Path, requests: pd.DataFrame, confidence: float = 0.95) -> dict:
+    """Throughputs, latency p50/p90/p99 with intervals (ms), makespan p50/p90 with intervals (s);
+    requests: the point's requests.parquet, read once by the caller."""
     info = json.loads((Path(run_dir) / "run.json").read_text())
     summary = next(iter((info.get("summary") or {}).values()), {})
-    requests = load_requests(run_dir)
     out: dict = {k: summary.get(k) for k in ("completed", "failed", "duration_s", "request_throughput",
                                              "output_throughput", "total_token_throughput")}
     for metric in LATENCIES:

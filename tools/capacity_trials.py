@@ -7,8 +7,7 @@ request rates with SLOs on TTFT p90 and TPOT p90, bisected to a resolution of 10
 order: the engine as it is, twice in a row; then slowed by `--step-delay-ms` D1 < D2 < D3 (a sleep
 in every engine step). The workload: the swe-agent profile's calls with prompts scaled to ~700
 tokens, Poisson arrivals, each point sending for 20 s. The bars: the two plain capacities agree within the reported interval
-(each one's [capacity, failing load] bracket contains the other's capacity, or the brackets
-overlap), and the capacities with delays are in strictly decreasing order, each below the plain
+(their brackets [capacity, failing load] overlap), and the capacities with delays are in strictly decreasing order, each below the plain
 one. Every sweep directory is kept under OUT/ with its sweep.json, report and each point's run.json
 (the points' request tables are dropped: sweep.json holds their figures).
 """
@@ -74,7 +73,7 @@ def sweep(out: Path, label: str, delay_ms: float) -> dict:
 
 
 def agree(a: dict, b: dict) -> bool:
-    """Each capacity inside the other's bracket [capacity, failing load], or the brackets overlap."""
+    """The two brackets [capacity, failing load] overlap."""
     if None in (a["capacity"], a["fails_at"], b["capacity"], b["fails_at"]):
         return False
     return a["capacity"] <= b["fails_at"] and b["capacity"] <= a["fails_at"]

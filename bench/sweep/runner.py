@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import time
+from functools import cached_property
 from pathlib import Path
 
 from bench.spec import RunSpec
@@ -77,18 +78,18 @@ class EngineSweep:
         self.saturated_at: float | None = None
         self.capacity: dict | None = None
         self.wall_s: float | None = None  # server start to stop
-        self._trace_rate: float | None = None
-        self._trace_rate_done = False
+        self.last_requests = None  # the requests table of the point measured last (saturation tests)
 
     # -- one point ------------------------------------------------------------------------------
     def measure(self, load: float, label: str | None = None, closed: bool | None = None) -> dict:
+        from analysis.metrics import load_requests
         from analysis.sweep import point_figures, verdict
         from bench.run import execute
 
         closed = self.closed if closed is None else closed
         label = label or load_label(load, closed)
         run_dir = self.out / "points" / f"{self.engine.name}-{label}"
-        pspec = point_spec(self.spec, self.engine, self.server, load, closed, self.cfg, label, self.trace_rate())
+        pspec = point_spec(self.spec, self.engine, self.server, load, closed, self.cfg, label, self.trace_rate)
         reused = _reusable(run_dir, pspec)
         if not reused:
             self.server.reset_prefix_cache()
@@ -97,19 +98,20 @@ class EngineSweep:
                 raise KeyboardInterrupt
             _export_vllm(run_dir, self.log)
         info = json.loads((run_dir / "run.json").read_text())
-        decisions = self._decisions(run_dir, info)
+        self.last_requests = requests = load_requests(run_dir)
+        decisions = self._decisions(run_dir, info, requests)
         rec = {"load": load, "label": label, "closed": closed, "dir": str(run_dir.relative_to(self.out)),
-               "reused": reused, "status": info.get("status"), **point_figures(run_dir, self.cfg.confidence),
+               "reused": reused, "status": info.get("status"),
+               **point_figures(run_dir, requests, self.cfg.confidence),
                "slos": decisions, "verdict": verdict(decisions) if decisions else None}
         self.points.append(rec)
         self._say(rec)
         return rec
 
-    def _decisions(self, run_dir: Path, info: dict) -> list[dict]:
+    def _decisions(self, run_dir: Path, info: dict, requests) -> list[dict]:
         """Each SLO at this point (analysis.sweep.decide), on its calls and sessions."""
         import pandas as pd
 
-        from analysis.metrics import load_requests
         from analysis.sweep import decide, rule_name
 
         rules = self.cfg.rules()
@@ -119,20 +121,17 @@ class EngineSweep:
         sessions = pd.read_parquet(sp) if sp.exists() else pd.DataFrame({"makespan_s": []})
         reps = next(iter(info.get("engines", {}).values()), {}).get("repetitions") or [{}]
         early = {r["rule"]: r for r in (reps[-1].get("early_stop") or {}).get("rules", [])}
-        requests = load_requests(run_dir)
         return [decide(r, requests, sessions, early.get(rule_name(r))) for r in rules]
 
+    @cached_property
     def trace_rate(self) -> float | None:
         """The workload's mean arrival rate at the spec's time_scale (None: no arrival times)."""
-        if not self._trace_rate_done:
-            self._trace_rate_done = True
-            if not self.closed and self.spec.load.arrivals == "trace":
-                from bench.run import prepare_workload
-                plans, _, _ = prepare_workload(self.spec)
-                t = sorted(c.arrival_s for p in plans for c in p.calls if c.arrival_s is not None)
-                if len(t) > 1 and t[-1] > t[0]:
-                    self._trace_rate = (len(t) - 1) / (t[-1] - t[0])
-        return self._trace_rate
+        if self.closed or self.spec.load.arrivals != "trace":
+            return None
+        from bench.run import prepare_workload
+        plans, _, _ = prepare_workload(self.spec)
+        t = sorted(c.arrival_s for p in plans for c in p.calls if c.arrival_s is not None)
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
 
     def _say(self, rec: dict) -> None:
         what = f"{int(rec['load'])} sessions" if rec["closed"] else f"{rec['load']:.3g} calls/s"
@@ -155,7 +154,6 @@ class EngineSweep:
         return auto_rates(sync["request_throughput"] or 0.0, top["request_throughput"] or 0.0, axis.auto_n)
 
     def run(self, write) -> None:
-        from analysis.metrics import load_requests
         from analysis.sweep import closed_loop_saturated, open_loop_saturated
 
         t0 = time.monotonic()
@@ -164,7 +162,7 @@ class EngineSweep:
                  f"[{self.engine.name}] using {self.engine.url}")
         self.server.start()
         try:
-            prev = None
+            prev = prev_req = None
             loads = self.loads()
             if self.closed and loads and self.spec.trace.sessions and max(loads) > self.spec.trace.sessions:
                 self.log(f"[{self.engine.name}] note: the workload has {self.spec.trace.sessions} sessions; points "
@@ -175,16 +173,16 @@ class EngineSweep:
                     self.log(f"[{self.engine.name}] the server died at {rec['label']}: the sweep of this engine ends")
                     write()
                     return
-                req = load_requests(self.out / rec["dir"])
+                req = self.last_requests
                 if self.closed:
                     if prev is not None:
                         rec["saturation"] = closed_loop_saturated(
-                            load_requests(self.out / prev["dir"]), int(prev["load"]), prev["request_throughput"],
+                            prev_req, int(prev["load"]), prev["request_throughput"],
                             req, int(load), rec["request_throughput"], self.cfg.confidence)
                 else:
                     rec["saturation"] = open_loop_saturated(req, load, rec.get("duration_s"), self.cfg.confidence)
                 write()
-                prev = rec
+                prev, prev_req = rec, req
                 if rec.get("saturation", {}).get("saturated"):
                     self.saturated_at = load
                     self.log(f"[{self.engine.name}] saturated at {rec['label']}: {rec['saturation']['test']}")
@@ -235,7 +233,7 @@ class EngineSweep:
     def to_dict(self) -> dict:
         return {"engine": {"kind": self.engine.kind, "args": self.engine.args},
                 "points": self.points, "saturated_at": self.saturated_at, "capacity": self.capacity,
-                "wall_s": self.wall_s, "trace_rate": self._trace_rate}
+                "wall_s": self.wall_s, "trace_rate": self.trace_rate}
 
 
 def _export_vllm(run_dir: Path, log) -> None:

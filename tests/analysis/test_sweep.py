@@ -17,7 +17,9 @@ def calls(sent, ttft, sessions=None, out=5, tpot=0.01) -> pd.DataFrame:
     return pd.DataFrame({"status": ["ok"] * n, "sent": sent, "first_token": sent + ttft,
                          "last_token": sent + ttft + tpot * (out - 1), "output_tokens": [out] * n,
                          "session": sessions if sessions is not None else [f"s{i % 40}" for i in range(n)],
-                         "request_id": [f"r{i}" for i in range(n)], "itl": [[tpot] * (out - 1)] * n})
+                         "request_id": [f"r{i}" for i in range(n)], "itl": [[tpot] * (out - 1)] * n,
+                         "call_index": np.arange(n), "chunks": [out] * n, "expected_prompt_tokens": [10] * n,
+                         "expected_output_tokens": [out] * n})
 
 
 def test_slo_rules_parse_and_name():

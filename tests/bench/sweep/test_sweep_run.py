@@ -142,3 +142,27 @@ def test_search_bisects_to_the_resolution(tmp_path):
     sw.search(lambda: None)
     c = sw.capacity
     assert 9 <= c["lo"] < 10 and 12.5 < c["hi"] <= 13.8 and c["undecided"] and not c["resolved"]
+
+
+def test_point_specs_set_the_load_and_keep_trace_arrivals():
+    """Open loop with the trace's arrivals: time_scale compresses the trace to the point's rate;
+    Poisson takes load.rate; closed loop takes users; every point is one repetition, no early stop."""
+    from types import SimpleNamespace
+
+    from bench.spec import RunSpec
+    from bench.sweep.runner import point_spec
+    from engines.launch import EngineSpec
+
+    spec = RunSpec()
+    spec.load.mode, spec.load.arrivals, spec.trace.time_scale = "open", "trace", 0.5
+    spec.load.early_stop, spec.load.repetitions = ["ttft_p99<=5"], 3
+    server = SimpleNamespace(base_url="http://127.0.0.1:9", model_name="m")
+    cfg = SweepConfig(closed=False)
+    p = point_spec(spec, EngineSpec("reference", name="ref"), server, 4.0, False, cfg, "rate-4", trace_rate=8.0)
+    assert p.load.arrivals == "trace" and p.trace.time_scale == 1.0 and p.load.rate == 0  # 8/s at 0.5 -> 4/s at 1.0
+    assert p.engines[0].kind == "url" and p.engines[0].url == server.base_url and p.engines[0].name == "ref"
+    assert p.load.repetitions == 1 and p.load.early_stop == []
+    p = point_spec(spec, EngineSpec("reference", name="ref"), server, 4.0, False, cfg, "rate-4", trace_rate=None)
+    assert p.load.arrivals == "poisson" and p.load.rate == 4.0 and p.trace.time_scale == 0.5
+    p = point_spec(spec, EngineSpec("reference", name="ref"), server, 6, True, cfg, "sessions-6")
+    assert p.load.mode == "closed" and p.load.users == 6
