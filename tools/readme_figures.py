@@ -488,8 +488,8 @@ def _cap(x) -> str:
 
 def render_capacity(root: Path) -> str:
     """tools/capacity_trials.py: the capacity twice, then with three step delays (each run found)."""
-    rels = [r for r in ("results/sweep-capacity/trials.json", "results/sweep-capacity-2/trials.json")
-            if (root / r).exists()]
+    rels = [r for r in ("results/sweep-capacity-3/trials.json", "results/sweep-capacity/trials.json",
+                        "results/sweep-capacity-2/trials.json") if (root / r).exists()]
     if not rels:
         return "Not yet measured (results/sweep-capacity/trials.json is absent)."
     out = []
@@ -504,7 +504,9 @@ def render_capacity(root: Path) -> str:
         b = d["bars"]
         out += ["", f"Repeat agrees within its interval: **{'yes' if b['repeat_agrees'] else 'no'}**; capacities "
                 f"strictly decreasing from the plain engine through the three delays: "
-                f"**{'yes' if b['delays_strictly_decreasing'] else 'no'}**.", "", _source(rel, d["command"]), ""]
+                f"**{'yes' if b['delays_strictly_decreasing'] else 'no'}**"
+                + ("" if "brackets_separated" not in d else f"; every bracket wholly below the previous setting's: "
+                   f"**{'yes' if d['brackets_separated'] else 'no'}**") + ".", "", _source(rel, d["command"]), ""]
     return "\n".join(out).rstrip()
 
 
