@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 from statistics import median
@@ -541,6 +542,42 @@ def render_vllm_check(root: Path) -> str:
             + _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`.")
 
 
+def render_demo_trials(root: Path) -> str:
+    """tools/demo_trials.py: `tierbench demo` repeated, reference / vLLM per run."""
+    rel = "results/demo-trials/trials.json"
+    d = _load(root, rel)
+    if d is None:
+        return f"Not yet measured ({rel} is absent)."
+    med = lambda e, m: statistics.median(r["values"][e][m] for r in d["runs"])  # noqa: E731
+    out = [f"{len(d['runs'])} runs of `tierbench demo`, each with fresh servers; values are medians over the runs, "
+           "the ratio reference / vLLM is the geometric mean over runs with a 95% Student-t interval:", "",
+           "| metric | reference | vLLM | ratio [95%] | |", "|---|---:|---:|---|---|"]
+    for m in d["metrics"]:
+        r = d["ratios"][m]
+        ratio = "-" if r["estimate"] is None else f"{r['estimate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+        out.append(f"| {m} | {med('reference', m):.2f} ms | {med('vllm', m):.2f} ms | {ratio} | {r['verdict']} |")
+    out += ["", _source(rel, d["command"]) + f" Commit `{d['provenance']['git_commit'][:7]}`."]
+    return "\n".join(out)
+
+
+def render_token_budget(root: Path) -> str:
+    """tools/token_budget.py: decode stall and burst TTFT against the CPU's step token budget."""
+    rel = "results/reference-cpu/token-budget.json"
+    d = _load(root, rel)
+    if d is None:
+        return f"Not yet measured ({rel} is absent)."
+    out = [f"A burst of {len(d['burst_prompt_tokens'])} prompts ({sum(d['burst_prompt_tokens']):,} tokens) next to "
+           f"{d['decodes']} running decodes, medians of {d['repeats']} bursts:", "",
+           "| token budget | longest decode gap | burst: last first token | burst: mean first token |",
+           "|---:|---:|---:|---:|"]
+    out += [f"| {r['budget']} | {r['decode_gap_max_ms']:.1f} ms | {r['burst_last_ttft_ms']:.1f} ms | "
+            f"{r['burst_mean_ttft_ms']:.1f} ms |" for r in d["rows"]]
+    out += ["", f"The largest budget whose longest decode gap stays under {d['step_bound_ms']:g} ms: "
+            f"**{d['chosen']}**, the CPU default. " + _source(rel, d["command"])
+            + f" Commit `{d['provenance']['git_commit'][:7]}`."]
+    return "\n".join(out)
+
+
 BLOCKS = {
     "fidelity": render_fidelity,
     "offline": render_offline,
@@ -558,6 +595,8 @@ BLOCKS = {
     "sweep-capacity": render_capacity,
     "scrape-cost": render_scrape_cost,
     "sweep-vllm-check": render_vllm_check,
+    "demo-trials": render_demo_trials,
+    "token-budget": render_token_budget,
 }
 
 

@@ -1,7 +1,7 @@
 """The in-repo reference engine: a small, readable LLM inference engine for Llama-family models
 with a paged KV cache, prefix caching with agent-session-aware eviction, a token-budget scheduler
-with chunked prefill and preemption, and an offline API. Correct on the CPU in plain PyTorch;
-Triton attention kernels on CUDA.
+with chunked prefill and preemption, and an offline API. Correct on the CPU in plain PyTorch,
+fast there with C++ kernels built at first use; Triton kernels on CUDA.
 
 Modules, each named for what it holds:
   config.py           EngineConfig (every knob) and ModelConfig (the model's shape, named shapes)
@@ -15,7 +15,10 @@ Modules, each named for what it holds:
   attention.py        the paged attention op and KV store in PyTorch (the CPU path, the reference)
   triton_attention.py the Triton kernels of the same op: split-KV decode, prefill, KV store
   triton_ops.py       Triton kernels for RMSNorm with residual, rotary embedding, SiLU-and-multiply
-  backend.py          the backend choice (torch or triton) and the kernels each provides
+  cpu_attention.py    the paged attention op through a C++ kernel that reads the cache in place
+  cpu_ops.py          RMSNorm with residual, rotary embedding, SiLU-and-multiply in C++ (CPU)
+  cpp_build.py        building, caching and loading those C++ extensions (csrc/), with fallback
+  backend.py          the backend choice (torch, cpp or triton) and the kernels each provides
   model.py            the Llama decoder (fused QKV and gate-up projections)
   weights.py          building the model; HF safetensors loading; dummy weights
   sampler.py          greedy / temperature / top-k / top-p / seeded sampling

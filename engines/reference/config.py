@@ -130,6 +130,13 @@ def resolve_model_config(model: str) -> ModelConfig:
                      "nor a directory with config.json")
 
 
+# The CPU's default token budget per step: the largest budget whose longest decode stall stays
+# under 20 ms when a burst of six prompts (3,625 tokens) lands next to four running decodes on the
+# tiny model (`python -m tools.token_budget`, results/reference-cpu/token-budget.json; 1024 gave
+# 18 ms, 8192 55 ms, while the burst's last first token came 57 vs 55 ms after it arrived).
+CPU_TOKEN_BUDGET = 1024
+
+
 @dataclass
 class EngineConfig:
     """Every knob of the reference engine.
@@ -152,11 +159,15 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kv_retention: str = "agent-aware"  # which free cached blocks go first: retention.POLICIES
     # Scheduler
-    max_num_batched_tokens: int = 8192  # token budget per step: decodes + prefill chunks
+    # Token budget per step: decodes + prefill chunks. None: 8192 on CUDA, CPU_TOKEN_BUDGET on the
+    # CPU, where a step's time grows with its tokens and every decode in it waits that long.
+    max_num_batched_tokens: int | None = None
     max_num_seqs: int = 256  # running sequences at most
     max_waiting: int | None = None  # waiting requests at most; add_request beyond raises QueueFullError
     # Execution
-    attention_backend: str = "auto"  # auto (cuda -> triton, else torch) | torch | triton; env TIERBENCH_ATTENTION
+    # auto (cuda -> triton, else cpp, or torch where the C++ kernel cannot be built) | torch | cpp | triton;
+    # env TIERBENCH_ATTENTION
+    attention_backend: str = "auto"
     # Decode steps through CUDA graphs captured at padded batch sizes (cuda_graph.py). None: graphs
     # on CUDA with the triton backend, eager elsewhere. False on the CPU runs the graphs' padded
     # path eagerly (what the tests check); True never pads.
@@ -166,6 +177,7 @@ class EngineConfig:
     # A fixed sleep added to every engine step. It exists to check that benchmark regression gates
     # catch slowdowns: run once with 0 and once with, say, 20 and the gate must fail the second.
     step_delay_ms: float = 0.0
+    warmup: bool = True  # the server runs LLMEngine.warm_up() before it listens
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -176,10 +188,14 @@ class EngineConfig:
             raise ValueError("block_size must be a power of two")
         if self.kv_retention not in RETENTION_POLICIES:
             raise ValueError(f"kv_retention must be one of {', '.join(RETENTION_POLICIES)}")
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise ValueError("attention_backend must be auto, torch or triton")
+        if self.attention_backend not in ("auto", "torch", "cpp", "triton"):
+            raise ValueError("attention_backend must be auto, torch, cpp or triton")
         if self.cuda_graph_max_batch < 1:
             raise ValueError("cuda_graph_max_batch must be >= 1")
+        if self.max_num_batched_tokens is None:
+            self.max_num_batched_tokens = 8192 if self.device.startswith("cuda") else CPU_TOKEN_BUDGET
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
 
     @property
     def torch_dtype(self) -> torch.dtype:

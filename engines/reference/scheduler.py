@@ -1,11 +1,17 @@
 """The scheduler: which sequences run this step, and how many of their tokens.
 
-One token budget per step (max_num_batched_tokens) covers everything: running sequences first
-(a decode costs one token, an unfinished prefill its next chunk), then waiting sequences in
-arrival order with prefix-cache hits taken off their prompt and the rest chunked to fit the
-budget. When the pool runs out of blocks, the newest running sequence is preempted: its blocks
-are released (cached ones stay reusable) and it goes back to the head of the queue to be
-recomputed later. Like vLLM v1, a step that preempted admits nothing new.
+One token budget per step (max_num_batched_tokens) covers everything, handed out in this order:
+  1. every running decode its one token: a decode is never held back by a prefill;
+  2. running prefills their next chunk, oldest first, cut to what is left of the budget;
+  3. waiting sequences in arrival order (first come, first served: a long prompt is never
+     starved), with prefix-cache hits taken off their prompt and the rest chunked to fit.
+The budget bounds one step's time, and with it how long every decode in the step waits: on the
+CPU its default is small (config.CPU_TOKEN_BUDGET, measured), so a burst of long prompts runs
+as several short steps with the decodes in each. Prompts are not regrouped by length: the
+attention op runs each whole prompt unpadded (attention.py), so grouping would save nothing.
+When the pool runs out of blocks, the newest running sequence is preempted: its blocks are
+released (cached ones stay reusable) and it goes back to the head of the queue to be recomputed
+later. Like vLLM v1, a step that preempted admits nothing new.
 """
 from __future__ import annotations
 
@@ -63,11 +69,17 @@ class Scheduler:
         counts: list[int] = []
         preemptions_before = self.counters.preemptions
 
-        # 1. running sequences, oldest first (a decode needs 1 token, a prefill its next chunk)
+        # 1.-2. running sequences: the budget goes to decodes first, then to prefill chunks;
+        # blocks are allocated oldest first, so that a preemption (which takes the newest) never
+        # hits a sequence already scheduled in this step
+        planned = self._plan_running(budget)
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running):
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            n = planned.get(seq.request_id)
+            if n is None:
+                i += 1
+                continue
             if not self._allocate_or_preempt(seq, n):
                 break  # seq was the newest left and went itself
             seqs.append(seq)
@@ -106,6 +118,21 @@ class Scheduler:
                 self.counters.prompt_tokens_computed += min(start + n, seq.num_prompt_tokens) - start
         self.counters.steps += 1
         return ScheduledBatch(seqs, counts, self.max_num_batched_tokens - budget)
+
+    def _plan_running(self, budget: int) -> dict[str, int]:
+        """Tokens per running sequence this step: one per decode, then prefill chunks, oldest
+        first, until the budget is spent."""
+        planned = {}
+        for seq in self.running:
+            if budget > 0 and seq.num_tokens - seq.num_computed_tokens == 1:
+                planned[seq.request_id] = 1
+                budget -= 1
+        for seq in self.running:
+            left = seq.num_tokens - seq.num_computed_tokens
+            if budget > 0 and left > 1:
+                planned[seq.request_id] = min(left, budget)
+                budget -= planned[seq.request_id]
+        return planned
 
     def _allocate_or_preempt(self, seq: Sequence, n: int) -> bool:
         """Blocks for n more tokens of seq, preempting the newest running sequences until they

@@ -88,10 +88,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     e.add_argument("--load-format", choices=["auto", "safetensors", "dummy"], default=None)
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--device", default=None, help="cpu or cuda[:n] (default cpu)")
-    e.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default=None)
+    e.add_argument("--attention-backend", choices=["auto", "torch", "cpp", "triton"], default=None)
     e.add_argument("--enforce-eager", action="store_true", default=None,
                    help="no CUDA graphs for decode steps (default: graphs on CUDA with the triton backend)")
     e.add_argument("--num-threads", type=positive_int, default=None, help="torch CPU threads")
+    e.add_argument("--no-warmup", action="store_true",
+                   help="serve without first running a few made-up steps (the first users then pay for them)")
     return parser
 
 
@@ -110,4 +112,6 @@ def engine_overrides_from_args(args: argparse.Namespace) -> dict:
     out = {field: getattr(args, opt) for opt, field in _ENGINE_ARGS.items() if getattr(args, opt, None) is not None}
     if getattr(args, "no_prefix_caching", False):
         out["enable_prefix_caching"] = False
+    if getattr(args, "no_warmup", False):
+        out["warmup"] = False
     return out

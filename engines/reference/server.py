@@ -298,6 +298,8 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
     tokenizer = ServerTokenizer(tokenizer_dir or model)
     config = EngineConfig(model=model, max_model_len=max_model_len, **(engine_overrides or {}))
     engine = LLMEngine(config)
+    if config.warmup:
+        log.info("warm-up took %.2f s", engine.warm_up())
     name = served_model_name or model
     aliases = [model, str(Path(model).resolve()), Path(model).name]
     app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body)

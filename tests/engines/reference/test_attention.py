@@ -67,7 +67,9 @@ def test_store_kv_writes_slots():
 
 def test_backend_choice(monkeypatch):
     monkeypatch.delenv("TIERBENCH_ATTENTION", raising=False)
-    assert resolve_backend("cpu") == "torch"
+    from engines.reference import cpu_attention
+
+    assert resolve_backend("cpu") == ("cpp" if cpu_attention.available() else "torch")
     assert resolve_backend("cuda") == "triton"
     assert resolve_backend("cuda", "torch") == "torch"
     monkeypatch.setenv("TIERBENCH_ATTENTION", "torch")

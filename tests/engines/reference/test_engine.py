@@ -383,3 +383,57 @@ def test_reset_prefix_cache(tiny_model_dir):
     assert engine.reset_prefix_cache() == 2
     (o,) = engine.generate([p], greedy(2))
     assert o.cached_tokens == 0
+
+
+def test_decodes_get_the_budget_before_prefill_chunks(tiny_model_dir, hf_greedy):
+    """A running decode gets its token in every step even when an older prefill could use the
+    whole budget; the prefill gets what is left. (A decode newer than a running prefill is what a
+    preemption leaves: the resumed sequence is appended last. Reordering the running list sets
+    that up without the block pressure.) Outputs still equal HF's."""
+    prompts = random_prompts(11, [20, 300])
+    params = [greedy(12), greedy(4)]
+    engine = make_engine(tiny_model_dir, max_num_batched_tokens=32)
+    engine.add_request("0", prompts[0], params[0])
+    engine.add_request("1", prompts[1], params[1])
+    results = {"0": [], "1": []}
+    for out in engine.step():  # "0" whole (20 tokens), "1" its first 12
+        results[out.request_id] += out.new_token_ids
+    run = engine.scheduler.running
+    assert [s.request_id for s in run] == ["0", "1"]
+    run.reverse()  # the prefill is now the older one
+    steps_with_prefill = 0
+    while engine.has_unfinished():
+        prefilling = run[0].request_id == "1" and run[0].num_tokens - run[0].num_computed_tokens > 1
+        outs = {o.request_id: o for o in engine.step()}
+        for rid, o in outs.items():
+            results[rid] += o.new_token_ids
+        if prefilling and len(results["0"]) < 12:
+            steps_with_prefill += 1
+            assert "0" in outs, "the decode waited for the prefill chunk"
+    assert steps_with_prefill >= 5  # 288 prompt tokens in chunks of 31
+    for i, (p, sp) in enumerate(zip(prompts, params)):
+        assert results[str(i)] == hf_greedy(p, sp.max_tokens)
+
+
+def test_cpu_token_budget_default():
+    from engines.reference.config import CPU_TOKEN_BUDGET, EngineConfig
+
+    assert EngineConfig(model="tiny").max_num_batched_tokens == CPU_TOKEN_BUDGET
+    assert EngineConfig(model="tiny", device="cuda").max_num_batched_tokens == 8192
+    assert EngineConfig(model="tiny", max_num_batched_tokens=64).max_num_batched_tokens == 64
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        EngineConfig(model="tiny", max_num_batched_tokens=0)
+
+
+def test_warm_up_leaves_no_trace(tiny_model_dir, hf_greedy):
+    """The warm-up runs real steps, then puts back every counter and empties the prefix cache:
+    a benchmark's first call sees the engine as if nothing had run."""
+    engine = make_engine(tiny_model_dir)
+    before = engine.stats()
+    assert engine.warm_up() > 0
+    assert engine.stats() == before
+    assert engine.pool.num_free_blocks == engine.pool.num_blocks and not engine.pool.cached
+    p = random_prompts(12, [40])[0]
+    out = engine.generate([p], greedy(8))[0]
+    assert out.output_token_ids == hf_greedy(p, 8) and out.cached_tokens == 0
+

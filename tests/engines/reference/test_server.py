@@ -350,17 +350,24 @@ BAD_REQUESTS = [
 
 def test_bad_requests_get_4xx_and_do_not_disturb_a_stream(server):
     result: dict = {}
+    started = threading.Event()
+
+    def lines(r):
+        for line in r.iter_lines():
+            started.set()
+            yield line
 
     def run_stream():
+        # long enough to be running while the bad requests go in (a token takes well under 1 ms)
         with httpx.stream("POST", server.url + "/v1/completions", timeout=60, json={
-                "model": NAME, "prompt": "A stream that must survive bad neighbours.", "max_tokens": 150,
+                "model": NAME, "prompt": "A stream that must survive bad neighbours.", "max_tokens": 900,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}) as r:
             result["status"] = r.status_code
-            result["events"] = sse_events(r.iter_lines())
+            result["events"] = sse_events(lines(r))
 
     t = threading.Thread(target=run_stream)
     t.start()
-    wait_until(lambda: server.metrics()["tierbench_running_sequences"] >= 1, what="the stream to start")
+    assert started.wait(30), "the stream did not start"
     for path, body, status, param in BAD_REQUESTS:
         err = assert_error(post(server, path, body), status)
         if param is not None:
@@ -368,7 +375,7 @@ def test_bad_requests_get_4xx_and_do_not_disturb_a_stream(server):
     t.join(60)
     assert result["status"] == 200
     ev = result["events"]
-    assert ev[-1] == "[DONE]" and ev[-2]["usage"]["completion_tokens"] == 150
+    assert ev[-1] == "[DONE]" and ev[-2]["usage"]["completion_tokens"] == 900
     assert ev[-3]["choices"][0]["finish_reason"] == "length"
     # agents' extra fields are accepted: tools, tool_choice, user, neutral penalties, logprobs null
     ok = post(server, "/v1/chat/completions", {
