@@ -53,7 +53,7 @@ from engines.reference.scheduler import QueueFullError
 from engines.process import raise_fd_limit
 from engines.reference.serve_args import MAX_BODY_BYTES, add_serve_arguments, engine_overrides_from_args
 from engines.reference.sse import SSEResponse, sse_stream
-from engines.reference.tokenizer import ServerTokenizer, prompt_token_ids, tokenizer_vocab_size
+from engines.reference.tokenizer import ServerTokenizer, prompt_token_ids, tokenizer_vocab_size, warm_up_tokenizer
 
 log = logging.getLogger("tierbench.server")
 
@@ -298,8 +298,8 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
     tokenizer = ServerTokenizer(tokenizer_dir or model)
     config = EngineConfig(model=model, max_model_len=max_model_len, **(engine_overrides or {}))
     engine = LLMEngine(config)
-    if config.warmup:
-        log.info("warm-up took %.2f s", engine.warm_up())
+    if config.warmup:  # what the first users would otherwise pay for: engine steps, the chat template
+        log.info("warm-up took %.2f s", engine.warm_up() + warm_up_tokenizer(tokenizer))
     name = served_model_name or model
     aliases = [model, str(Path(model).resolve()), Path(model).name]
     app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body)

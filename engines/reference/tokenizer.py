@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,17 @@ class ServerTokenizer:
         text = self._compiled.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                      bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def warm_up_tokenizer(tokenizer: Any) -> float:
+    """Compile the chat template and run the tokenizer once, as the server's warm-up: otherwise
+    the first chat request pays for the template's compilation. Returns the seconds it took."""
+    t0 = time.monotonic()
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "warm-up"}], tokenize=False)
+        tokenizer.encode(text, add_special_tokens=False)
+    tokenizer.decode(tokenizer.encode("warm-up"))
+    return time.monotonic() - t0
 
 
 def _token_str(t: Any) -> str | None:

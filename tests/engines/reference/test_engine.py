@@ -437,3 +437,12 @@ def test_warm_up_leaves_no_trace(tiny_model_dir, hf_greedy):
     out = engine.generate([p], greedy(8))[0]
     assert out.output_token_ids == hf_greedy(p, 8) and out.cached_tokens == 0
 
+
+
+def test_cpu_token_budget_is_the_measured_one():
+    """The default follows the committed measurement's rule (tools/token_budget.py)."""
+    from pathlib import Path
+
+    from engines.reference.config import CPU_TOKEN_BUDGET
+    doc = json.loads((Path(__file__).parents[3] / "results/reference-cpu/token-budget.json").read_text())
+    assert doc["chosen"] == CPU_TOKEN_BUDGET
