@@ -7,6 +7,7 @@ All timestamps are time.monotonic() seconds; pass arrival_time on that clock.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import threading
@@ -200,23 +201,32 @@ class LLMEngine:
 
     def warm_up(self) -> float:
         """Run the step kinds a server meets first (a burst of whole prompts, decodes, a prompt
-        after cached context) on made-up tokens, then forget them: the counters are put back and
-        the prefix cache emptied. The first steps of a fresh process are slow (kernel selection,
-        allocator growth, lazy imports: a burst of 8 prompts took 64 ms cold, 46 ms warm on the
-        tiny model), and a server should pay that before it says healthy, not on its first users,
-        as vLLM does with its profiling run. Returns the seconds it took."""
+        after cached context) on made-up tokens, leaving no trace (see untraced). The first steps
+        of a fresh process are slow (kernel selection, allocator growth, lazy imports: a burst of 8
+        prompts took 64 ms cold, 46 ms warm on the tiny model), and a server should pay that before
+        it says healthy, not on its first users, as vLLM does with its profiling run. Returns the
+        seconds it took."""
         t0 = time.monotonic()
-        counters = [(obj, copy.copy(obj.counters)) for obj in (self.scheduler, self.kv, self.pool)]
         vocab = self.model_config.vocab_size
         lens = [n for n in (16, 200, 300, 500) if n + 8 < self.max_model_len]
         prompts = [[(7 * j + 3 * i + 1) % vocab for j in range(n)] for i, n in enumerate(lens)]
         params = SamplingParams(max_tokens=4, ignore_eos=True)
-        self.generate(prompts, params)
-        self.generate([p + p[:40] for p in prompts[-2:]], params)  # chunks after a cached prefix
-        for obj, saved in counters:  # in place: others may hold the counter objects
-            vars(obj.counters).update(vars(saved))
-        self.reset_prefix_cache()
+        with self.untraced():
+            self.generate(prompts, params)
+            self.generate([p + p[:40] for p in prompts[-2:]], params)  # chunks after a cached prefix
         return time.monotonic() - t0
+
+    @contextlib.contextmanager
+    def untraced(self):
+        """Work done inside leaves no trace: the scheduler's, cache's and pool's counters are put
+        back afterwards and the prefix cache is emptied. For warm-ups, with nothing else running."""
+        counters = [(obj, copy.copy(obj.counters)) for obj in (self.scheduler, self.kv, self.pool)]
+        try:
+            yield
+        finally:
+            for obj, saved in counters:  # in place: others may hold the counter objects
+                vars(obj.counters).update(vars(saved))
+            self.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> int:
         """Forget all cached blocks not in use (e.g. between benchmark runs). Returns how many."""

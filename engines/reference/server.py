@@ -84,11 +84,13 @@ class _Server:
 
 
 def build_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None = None, *,
-              model_aliases: tuple[str, ...] | list[str] = (), max_body: int = MAX_BODY_BYTES):
+              model_aliases: tuple[str, ...] | list[str] = (), max_body: int = MAX_BODY_BYTES,
+              warmup: bool = False):
     """A FastAPI app serving `engine` (an LLMEngine; its step loop starts with the app and stops
     with it). `tokenizer`: a ServerTokenizer or a transformers tokenizer. Requests may name
     `model_name` or any of `model_aliases` (or no model); a body over `max_body` bytes gets 413.
-    An API key, when set, is compared in constant time (hmac.compare_digest)."""
+    An API key, when set, is compared in constant time (hmac.compare_digest). `warmup`: at start,
+    before the server listens, send the app a few requests in process (warm_up_http)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -100,6 +102,9 @@ def build_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None 
     @asynccontextmanager
     async def lifespan(app):
         srv.engine_loop.start(asyncio.get_running_loop())
+        if warmup:
+            t = await warm_up_http(app, srv)
+            log.info("HTTP warm-up took %.3f s", t)
         try:
             yield
         finally:
@@ -282,6 +287,57 @@ def run_from_args(args: argparse.Namespace) -> None:
           tokenizer_dir=args.tokenizer, log_level=args.log_level, max_body=args.max_body_size)
 
 
+async def warm_up_http(app: Any, srv: _Server) -> float:
+    """Send the app a streamed chat request and a plain completion in process (ASGI calls, no
+    socket), then forget them: the engine's counters and prefix cache through engine.untraced(),
+    the server's metrics replaced. A fresh server's first request pays for lazy set-up in the
+    HTTP stack (measured: 11.6 ms to the first byte against 1.3 ms for the next); this pays it
+    before uvicorn listens, so before /health answers."""
+    t0 = time.monotonic()
+    bodies = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "warm-up"}], "max_tokens": 2,
+                                        "stream": True, "stream_options": {"include_usage": True}}),
+              ("/v1/completions", {"prompt": "warm-up", "max_tokens": 2})]
+    with srv.engine.untraced():
+        for path, body in bodies:
+            await _asgi_post(app, path, {"model": srv.model_name, **body}, srv.api_key)
+    srv.metrics = ServerMetrics()
+    return time.monotonic() - t0
+
+
+async def _asgi_post(app: Any, path: str, body: dict, api_key: str | None) -> int:
+    """POST a JSON body to an ASGI app in process; the response is read and dropped. Returns its
+    status. After the body, receive() reports a disconnect once the response has ended."""
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if api_key:
+        headers.append((b"authorization", f"Bearer {api_key}".encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+    done = asyncio.Event()
+    status = 0
+    body_sent = False
+
+    async def receive() -> dict:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    await app(scope, receive, send)
+    done.set()
+    return status
+
+
 def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, max_model_len: int | None = None,
           api_key: str | None = None, engine_overrides: dict | None = None, *, served_model_name: str | None = None,
           tokenizer_dir: str | os.PathLike | None = None, log_level: str = "warning",
@@ -302,7 +358,7 @@ def serve(model_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 800
         log.info("warm-up took %.2f s", engine.warm_up() + warm_up_tokenizer(tokenizer))
     name = served_model_name or model
     aliases = [model, str(Path(model).resolve()), Path(model).name]
-    app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body)
+    app = build_app(engine, tokenizer, name, api_key, model_aliases=aliases, max_body=max_body, warmup=config.warmup)
     log.warning("serving %s on http://%s:%d (max_model_len %d, %d KV blocks of %d, KV retention %s)", name, host,
                 port, engine.max_model_len, engine.pool.num_blocks, config.block_size, config.kv_retention)
     raise_fd_limit()  # every idle client connection holds a descriptor

@@ -580,3 +580,25 @@ def test_engine_failure_is_reported_and_the_server_survives(fake_server):
     assert httpx.get(url + "/health").status_code == 200
     r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 4}, timeout=10)
     assert r.json()["usage"]["completion_tokens"] == 4
+
+
+def test_warm_up_before_listening_leaves_no_trace(tiny_model_dir, tmp_path):
+    """The server warms its engine and its HTTP stack (a streamed chat request and a completion,
+    in process, with the API key) before /health answers, and none of it shows: /metrics counts
+    no request, no prompt token, no step; the prefix cache is empty. --no-warmup skips it."""
+    log = tmp_path / "warm.log"
+    with serving(Server(tiny_model_dir, log, "--api-key", KEY, "--log-level", "info")) as (s,):
+        m = s.metrics()
+        text = s.log.read_text()
+        assert "warm-up took" in text and "HTTP warm-up took" in text
+        assert m["vllm:prompt_tokens_total"] == 0 and m["tierbench_engine_steps_total"] == 0
+        assert sum(v for k, v in m.items() if k.startswith("vllm:request_success_total")) == 0
+        assert m["tierbench_kv_cached_blocks"] == 0
+        r = httpx.post(s.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                       json={"model": NAME, "prompt": "after the warm-up", "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    cold = tmp_path / "cold.log"
+    with serving(Server(tiny_model_dir, cold, "--no-warmup", "--log-level", "info")) as (c,):
+        pass
+    assert "warm-up took" not in c.log.read_text()
