@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[engine,test]"
 	$(BIN)/pip install -q "$(VLLM)"
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@# the reference engine's C++ CPU kernels, built once here rather than by the first server
+	@# (cached per CPU; where they cannot be built this warns and the engine runs PyTorch code)
+	$(BIN)/python -c "from engines.reference import cpu_attention, cpu_ops; cpu_attention.available(); cpu_ops.available()"
 	touch $@
 
 install: $(VENV)/.installed
