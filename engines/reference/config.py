@@ -133,7 +133,7 @@ def resolve_model_config(model: str) -> ModelConfig:
 # The CPU's default token budget per step: the largest budget whose longest decode stall stays
 # under 20 ms when a burst of six prompts (3,625 tokens) lands next to four running decodes on the
 # tiny model (`python -m tools.token_budget`, results/reference-cpu/token-budget.json; 1024 gave
-# 18 ms, 8192 55 ms, while the burst's last first token came 57 vs 55 ms after it arrived).
+# 17.3 ms, 8192 53.6 ms, while the burst's last first token came 56.6 vs 53.6 ms after it arrived).
 CPU_TOKEN_BUDGET = 1024
 
 
@@ -177,7 +177,7 @@ class EngineConfig:
     # A fixed sleep added to every engine step. It exists to check that benchmark regression gates
     # catch slowdowns: run once with 0 and once with, say, 20 and the gate must fail the second.
     step_delay_ms: float = 0.0
-    warmup: bool = True  # the server runs LLMEngine.warm_up() before it listens
+    warmup: bool = True  # the server warms its engine, tokenizer and HTTP stack before it listens
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -66,6 +66,8 @@ class ModelRunner:
         else:
             load_safetensors(self.model, config.model)
         self.backend = resolve_backend(self.device, config.attention_backend)
+        if self.backend == "cpp" and self.device.type != "cpu":
+            raise ValueError("the cpp attention backend runs on the CPU (on CUDA: triton or torch)")
         self.model.use_kernels(load_kernels(self.backend))
 
         self.num_blocks = self._kv_cache_blocks()  # what the block pool hands out
