@@ -18,10 +18,6 @@ whose page faults then dominate the smaller ops' times (for torch and cpp alike)
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import statistics
-import time
 from typing import Callable
 
 import torch
@@ -30,31 +26,13 @@ import torch.nn.functional as F
 from engines.reference import cpu_ops
 from engines.reference.config import ModelConfig
 from engines.reference.model import RMSNorm, RotaryEmbedding
+from engines.reference.model_runner import keep_freed_memory
+from tools.attention_bench import median_ms
 
 SHAPES = {  # tokens, hidden, heads, KV heads, head_dim, intermediate
     "tiny": (3625, 128, 4, 2, 32, 384),
     "llama8b": (512, 4096, 32, 8, 128, 14336),
 }
-
-
-def keep_freed_memory() -> bool:
-    """glibc: large blocks from the heap (not fresh mappings) and freed memory never handed back."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: allocator, caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def cases(shape: str) -> list[tuple[str, Callable, Callable, Callable[[], bool]]]:

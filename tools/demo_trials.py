@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+from analysis.ab import log_t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "demo-trials"
@@ -44,18 +42,17 @@ def one_run(d: Path) -> dict:
 
 
 def ratio(runs: list[dict], metric: str, confidence: float = 0.95) -> dict:
-    logs = []
-    for r in runs:
-        a, b = r["values"]["reference"][metric], r["values"]["vllm"][metric]
-        if a and b:  # a zero (vLLM's ITL p50: tokens that arrive together) has no log ratio
-            logs.append(math.log(a / b))
-    if len(logs) < 2:
-        return {"estimate": None, "lo": None, "hi": None, "n": len(logs), "verdict": "not comparable"}
-    m, se = float(np.mean(logs)), float(np.std(logs, ddof=1) / math.sqrt(len(logs)))
-    t = stats.t.ppf(0.5 + confidence / 2, len(logs) - 1)
-    lo, hi = math.exp(m - t * se), math.exp(m + t * se)
-    verdict = "at or below" if hi <= 1 else "above" if lo > 1 else "no difference measured"
-    return {"estimate": math.exp(m), "lo": lo, "hi": hi, "n": len(logs), "verdict": verdict}
+    # a zero (vLLM's ITL p50 once: tokens that arrive together) has no log ratio: log_t_interval drops it
+    r = log_t_interval([_ratio(x["values"], metric) for x in runs], confidence)
+    if r.lo is None:
+        return {"estimate": None, "lo": None, "hi": None, "n": r.n, "verdict": "not comparable"}
+    verdict = "at or below" if r.hi <= 1 else "above" if r.lo > 1 else "no difference measured"
+    return {"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "n": r.n, "verdict": verdict}
+
+
+def _ratio(values: dict, metric: str) -> float | None:
+    a, b = values["reference"][metric], values["vllm"][metric]
+    return a / b if a and b else None
 
 
 def main(argv: list[str] | None = None) -> int:
