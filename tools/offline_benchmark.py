@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
                          "thread's spin-waiting makes small ops far slower)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-num-batched-tokens", type=int, default=None,
-                    help="engine token budget per step (default: the whole batch's prompts in one step)")
+                    help="engine token budget per step (default: the engine's, 1024 on the CPU: the batch's "
+                         "prompts in chunks whose activations stay in the CPU's caches; in one interleaved "
+                         "comparison of 5 repeats the whole batch in one 16,384-token step took 0.40 s, "
+                         "1,024-token steps 0.37 s)")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--skip-hf", action="store_true", help="engine only")
     ap.add_argument("--no-phases", dest="phases", action="store_false",
@@ -79,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = str(ensure_tiny_model())
     n, plen, olen = args.num_prompts, args.prompt_len, args.output_len
     per_seq_blocks = -(-(plen + olen) // args.block_size)
-    budget = args.max_num_batched_tokens or max(n * plen, 2048)
     config = EngineConfig(model=model_dir, dtype=args.dtype, block_size=args.block_size,
                           num_blocks=n * per_seq_blocks + 16, max_num_seqs=max(n, 1),
-                          max_num_batched_tokens=budget, max_model_len=plen + olen + args.block_size)
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          max_model_len=plen + olen + args.block_size)
     engine = LLMEngine(config)
     vocab = engine.model_config.vocab_size
     params = SamplingParams(max_tokens=olen, temperature=0.0, ignore_eos=True)

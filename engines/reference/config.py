@@ -164,6 +164,10 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int = 256  # running sequences at most
     max_waiting: int | None = None  # waiting requests at most; add_request beyond raises QueueFullError
+    # Order of prefill work (scheduler.py): "shortest" prompt left first, except that requests
+    # waiting longer than max_prefill_wait_ms go first, oldest first; or "fcfs"
+    prefill_order: str = "shortest"
+    max_prefill_wait_ms: float = 100.0
     # Execution
     # auto (cuda -> triton, else cpp, or torch where the C++ kernel cannot be built) | torch | cpp | triton;
     # env TIERBENCH_ATTENTION
@@ -192,6 +196,10 @@ class EngineConfig:
             raise ValueError("attention_backend must be auto, torch, cpp or triton")
         if self.cuda_graph_max_batch < 1:
             raise ValueError("cuda_graph_max_batch must be >= 1")
+        if self.prefill_order not in ("shortest", "fcfs"):
+            raise ValueError("prefill_order must be shortest or fcfs")
+        if self.max_prefill_wait_ms < 0:
+            raise ValueError("max_prefill_wait_ms must be >= 0")
         if self.max_num_batched_tokens is None:
             self.max_num_batched_tokens = 8192 if self.device.startswith("cuda") else CPU_TOKEN_BUDGET
         if self.max_num_batched_tokens < 1:

@@ -33,7 +33,8 @@ class LLMEngine:
         self.runner = ModelRunner(config, self.model_config, self.max_model_len)
         self.pool = BlockPool(self.runner.num_blocks, config.enable_prefix_caching, config.kv_retention)
         self.kv = KVCacheManager(self.pool, config.block_size)
-        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs)
+        self.scheduler = Scheduler(self.kv, config.max_num_batched_tokens, config.max_num_seqs,
+                                   config.prefill_order, config.max_prefill_wait_ms / 1000.0)
         self.eos_token_ids = frozenset(self.model_config.eos_token_ids)
 
         self._inbox: deque[tuple[str, object]] = deque()

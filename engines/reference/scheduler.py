@@ -2,9 +2,17 @@
 
 One token budget per step (max_num_batched_tokens) covers everything, handed out in this order:
   1. every running decode its one token: a decode is never held back by a prefill;
-  2. running prefills their next chunk, oldest first, cut to what is left of the budget;
-  3. waiting sequences in arrival order (first come, first served: a long prompt is never
-     starved), with prefix-cache hits taken off their prompt and the rest chunked to fit.
+  2. prefill work, cut to what is left of the budget: first the next chunks of running prefills,
+     then waiting sequences (prefix-cache hits taken off their prompt, the rest chunked to fit).
+     Both in the prefill order: with "shortest" (the default), fewest prompt tokens left to
+     compute first (prefix hits excluded), except that a sequence waiting longer than
+     max_prefill_wait (since its arrival), or resuming after preemption, goes before all of
+     those, oldest first; with "fcfs", arrival order.
+Shortest-first is what keeps the tail of TTFT short in a burst of mixed prompts: under FCFS every
+short prompt behind a long one waits for all of it, under shortest-first only the long prompt
+waits, for the short ones (its own TTFT rises by their prefill time, at most max_prefill_wait
+before it goes first). The wait bound is what keeps a long prompt from being starved by a
+stream of short ones: past it, the order is FCFS.
 The budget bounds one step's time, and with it how long every decode in the step waits: on the
 CPU its default is small (config.CPU_TOKEN_BUDGET, measured), so a burst of long prompts runs
 as several short steps with the decodes in each. Prompts are not regrouped by length: the
@@ -47,14 +55,25 @@ class ScheduledBatch:
     total_tokens: int
 
 
+PREFILL_ORDERS = ("shortest", "fcfs")
+
+
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_batched_tokens: int, max_num_seqs: int) -> None:
+    def __init__(self, kv: KVCacheManager, max_num_batched_tokens: int, max_num_seqs: int,
+                 prefill_order: str = "shortest", max_prefill_wait_s: float = 0.1) -> None:
+        if prefill_order not in PREFILL_ORDERS:
+            raise ValueError(f"prefill_order must be one of {', '.join(PREFILL_ORDERS)}")
         self.kv = kv
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
+        self.prefill_order = prefill_order
+        self.max_prefill_wait_s = max_prefill_wait_s
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in order of admission: the last is preempted first
         self.counters = SchedulerCounters()
+        # prefix-cache hits of waiting sequences, looked up once for the prefill order (admission
+        # looks again: the cache may have changed by then)
+        self._hit_tokens: dict[str, int] = {}
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -87,18 +106,20 @@ class Scheduler:
             budget -= n
             i += 1
 
-        # 2. waiting sequences, first come first served; none after a preemption (as vLLM v1:
+        # 2. waiting sequences, in the prefill order; none after a preemption (as vLLM v1:
         # admitting new work while evicting running work would thrash)
         now = time.monotonic()
-        while (self.waiting and budget > 0 and self.counters.preemptions == preemptions_before
-               and len(self.running) < self.max_num_seqs):
-            seq = self.waiting[0]
+        for seq in self._waiting_in_order(now):
+            if not (budget > 0 and self.counters.preemptions == preemptions_before
+                    and len(self.running) < self.max_num_seqs):
+                break
             hits = self.kv.get_computed_blocks(seq) if seq.num_computed_tokens == 0 else []
             num_hit = len(hits) * self.kv.block_size
             n = min(seq.num_tokens - seq.num_computed_tokens - num_hit, budget)
             if not self.kv.allocate_slots(seq, n, hits):
-                break  # head of line waits for blocks
-            self.waiting.popleft()
+                break  # the first in order waits for blocks: none jumps ahead of it
+            self.waiting.remove(seq)
+            self._hit_tokens.pop(seq.request_id, None)
             seq.num_computed_tokens += num_hit
             if seq.num_cached_tokens < 0:  # first admission (not a resume after preemption)
                 seq.num_cached_tokens = num_hit
@@ -119,17 +140,42 @@ class Scheduler:
         self.counters.steps += 1
         return ScheduledBatch(seqs, counts, self.max_num_batched_tokens - budget)
 
+    def _prefill_key(self, seq: Sequence, now: float, left: int) -> tuple:
+        """Sort key of the prefill order (module docstring); `left`: prompt tokens to compute."""
+        if (self.prefill_order == "fcfs" or seq.num_preemptions
+                or now - seq.arrival_time > self.max_prefill_wait_s):
+            return (0, seq.arrival_time, 0)
+        return (1, left, seq.arrival_time)
+
+    def _waiting_in_order(self, now: float) -> list[Sequence]:
+        if self.prefill_order == "fcfs":
+            return list(self.waiting)
+
+        def left(seq: Sequence) -> int:
+            hit = 0
+            if seq.num_computed_tokens == 0:
+                hit = self._hit_tokens.get(seq.request_id)
+                if hit is None:
+                    hit = self._hit_tokens[seq.request_id] = len(self.kv.get_computed_blocks(seq)) * self.kv.block_size
+            return seq.num_tokens - seq.num_computed_tokens - hit
+
+        return sorted(self.waiting, key=lambda s: self._prefill_key(s, now, left(s)))
+
     def _plan_running(self, budget: int) -> dict[str, int]:
-        """Tokens per running sequence this step: one per decode, then prefill chunks, oldest
-        first, until the budget is spent."""
+        """Tokens per running sequence this step: one per decode, then prefill chunks in the
+        prefill order, until the budget is spent."""
         planned = {}
         for seq in self.running:
             if budget > 0 and seq.num_tokens - seq.num_computed_tokens == 1:
                 planned[seq.request_id] = 1
                 budget -= 1
-        for seq in self.running:
+        prefills = [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
+        if self.prefill_order != "fcfs" and len(prefills) > 1:
+            now = time.monotonic()
+            prefills.sort(key=lambda s: self._prefill_key(s, now, s.num_tokens - s.num_computed_tokens))
+        for seq in prefills:
             left = seq.num_tokens - seq.num_computed_tokens
-            if budget > 0 and left > 1:
+            if budget > 0:
                 planned[seq.request_id] = min(left, budget)
                 budget -= planned[seq.request_id]
         return planned
@@ -161,5 +207,6 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self._hit_tokens.pop(seq.request_id, None)
         self.kv.cache_full_blocks(seq)
         self.kv.free(seq)

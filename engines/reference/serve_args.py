@@ -78,6 +78,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     e.add_argument("--max-num-batched-tokens", type=positive_int, default=None, help="token budget per step")
     e.add_argument("--max-waiting", type=positive_int, default=None,
                    help="waiting requests at most; beyond, requests get 503 with Retry-After")
+    e.add_argument("--prefill-order", choices=["shortest", "fcfs"], default=None,
+                   help="order of prefill work: shortest (default: fewest prompt tokens left first, except "
+                        "requests waiting longer than --max-prefill-wait-ms, which go first) or fcfs")
+    e.add_argument("--max-prefill-wait-ms", type=nonneg_float, default=None,
+                   help="with --prefill-order shortest: past this wait a request's prefill goes first (default 100)")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")
     e.add_argument("--kv-retention", choices=RETENTION_POLICIES, default=None,
                    help="which free cached KV blocks are evicted first: agent-aware (default: the session "
@@ -104,7 +109,8 @@ _ENGINE_ARGS = {
     "max_num_batched_tokens": "max_num_batched_tokens", "max_waiting": "max_waiting",
     "step_delay_ms": "step_delay_ms", "dtype": "dtype", "load_format": "load_format", "seed": "seed",
     "device": "device", "attention_backend": "attention_backend", "num_threads": "num_threads",
-    "enforce_eager": "enforce_eager", "kv_retention": "kv_retention",
+    "enforce_eager": "enforce_eager", "kv_retention": "kv_retention", "prefill_order": "prefill_order",
+    "max_prefill_wait_ms": "max_prefill_wait_ms",
 }
 
 

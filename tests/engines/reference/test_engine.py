@@ -415,6 +415,63 @@ def test_decodes_get_the_budget_before_prefill_chunks(tiny_model_dir, hf_greedy)
         assert results[str(i)] == hf_greedy(p, sp.max_tokens)
 
 
+def _first_token_steps(engine, arrivals) -> dict[str, int]:
+    """Add (request id, prompt, arrival time) requests at once, step to the end; the step in which
+    each got its first token."""
+    for rid, prompt, t in arrivals:
+        engine.add_request(rid, prompt, greedy(2), arrival_time=t)
+    first, step = {}, 0
+    while engine.has_unfinished():
+        step += 1
+        for o in engine.step():
+            first.setdefault(o.request_id, step)
+    return first
+
+
+def test_shortest_prefill_first_in_a_burst(tiny_model_dir, hf_greedy):
+    """A long prompt arrives first, three short ones just after, all in one burst: shortest-first
+    gives the short ones their first token before the long one's (FCFS makes them all wait for
+    it), and outputs still equal HF's."""
+    prompts = random_prompts(21, [600, 40, 60, 30])
+    now = time.monotonic()
+    arrivals = [(str(i), p, now + 0.001 * i) for i, p in enumerate(prompts)]
+    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128), arrivals)
+    assert max(first["1"], first["2"], first["3"]) < first["0"]
+    assert first["3"] <= first["1"] <= first["2"]  # fewest tokens first
+    fcfs = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="fcfs"),
+                              arrivals)
+    assert min(fcfs["1"], fcfs["2"], fcfs["3"]) >= fcfs["0"]
+    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128)
+    outs = engine.generate(prompts, greedy(5))
+    assert [o.output_token_ids for o in outs] == [hf_greedy(p, 5) for p in prompts]
+
+
+def test_a_prefill_waiting_past_the_bound_goes_first(tiny_model_dir):
+    """A long prompt that has waited longer than max_prefill_wait goes before shorter, newer ones
+    (no starvation), also when it is already part-way through its prefill."""
+    prompts = random_prompts(22, [600, 200, 250])
+    now = time.monotonic()
+    old = [("0", prompts[0], now - 1.0), ("1", prompts[1], now), ("2", prompts[2], now)]
+    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128), old)
+    assert first["0"] < min(first["1"], first["2"])
+    # part-way: the long prompt's first chunk ran, then short ones arrive; the bound passes
+    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128, max_prefill_wait_ms=50)
+    engine.add_request("0", prompts[0], greedy(2))
+    engine.step()
+    time.sleep(0.06)
+    first = _first_token_steps(engine, [("1", prompts[1], time.monotonic()), ("2", prompts[2], time.monotonic())])
+    assert first["0"] < min(first["1"], first["2"])
+
+
+def test_prefill_order_config_errors():
+    from engines.reference.config import EngineConfig
+
+    with pytest.raises(ValueError, match="prefill_order"):
+        EngineConfig(model="tiny", prefill_order="longest")
+    with pytest.raises(ValueError, match="max_prefill_wait_ms"):
+        EngineConfig(model="tiny", max_prefill_wait_ms=-1)
+
+
 def test_cpu_token_budget_default():
     from engines.reference.config import CPU_TOKEN_BUDGET, EngineConfig
 
