@@ -164,9 +164,9 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int = 256  # running sequences at most
     max_waiting: int | None = None  # waiting requests at most; add_request beyond raises QueueFullError
-    # Order of prefill work (scheduler.py): "shortest" prompt left first, except that requests
-    # waiting longer than max_prefill_wait_ms go first, oldest first; or "fcfs"
-    prefill_order: str = "shortest"
+    # Order of prefill work (scheduler.py): "fcfs", or "shortest" prompt left first except that
+    # requests waiting longer than max_prefill_wait_ms go first, oldest first
+    prefill_order: str = "fcfs"
     max_prefill_wait_ms: float = 100.0
     # Execution
     # auto (cuda -> triton, else cpp, or torch where the C++ kernel cannot be built) | torch | cpp | triton;

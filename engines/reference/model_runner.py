@@ -26,6 +26,7 @@ import torch
 from engines.reference.attention_metadata import AttentionMetadata
 from engines.reference.backend import load_kernels, resolve_backend
 from engines.reference.config import EngineConfig, ModelConfig
+from engines.reference.cpu_linear import pack_linears
 from engines.reference.cuda_graph import DecodeGraphs
 from engines.reference.sampler import sample
 from engines.reference.sequence import Sequence
@@ -69,6 +70,8 @@ class ModelRunner:
         if self.backend == "cpp" and self.device.type != "cpu":
             raise ValueError("the cpp attention backend runs on the CPU (on CUDA: triton or torch)")
         self.model.use_kernels(load_kernels(self.backend))
+        if self.backend == "cpp":  # the CPU's fast path: projections through oneDNN (cpu_linear.py)
+            pack_linears(self.model, config.max_num_batched_tokens)
 
         self.num_blocks = self._kv_cache_blocks()  # what the block pool hands out
         self.scratch_block = self.num_blocks  # one more, for padded lanes

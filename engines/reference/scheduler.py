@@ -4,15 +4,16 @@ One token budget per step (max_num_batched_tokens) covers everything, handed out
   1. every running decode its one token: a decode is never held back by a prefill;
   2. prefill work, cut to what is left of the budget: first the next chunks of running prefills,
      then waiting sequences (prefix-cache hits taken off their prompt, the rest chunked to fit).
-     Both in the prefill order: with "shortest" (the default), fewest prompt tokens left to
-     compute first (prefix hits excluded), except that a sequence waiting longer than
-     max_prefill_wait (since its arrival), or resuming after preemption, goes before all of
-     those, oldest first; with "fcfs", arrival order.
-Shortest-first is what keeps the tail of TTFT short in a burst of mixed prompts: under FCFS every
-short prompt behind a long one waits for all of it, under shortest-first only the long prompt
-waits, for the short ones (its own TTFT rises by their prefill time, at most max_prefill_wait
-before it goes first). The wait bound is what keeps a long prompt from being starved by a
-stream of short ones: past it, the order is FCFS.
+     Both in the prefill order: with "fcfs" (the default), arrival order (running prefills in
+     order of admission); with "shortest", fewest prompt tokens left to compute first (prefix
+     hits excluded), except that a sequence waiting longer than max_prefill_wait (since its
+     arrival), or resuming after preemption, goes before all of those, oldest first.
+Shortest-first lowers the mean TTFT of a burst of mixed prompts (under FCFS every short prompt
+behind a long one waits for all of it), but the long prompts wait for the short ones, and where
+the tail of TTFT is made of long prompts, as in the Azure replay (examples/azure-cpu.toml), the
+tail grows: there the longest prompt of the largest burst waited ~100 ms instead of ~70, so FCFS
+is the default. The wait bound keeps a long prompt from being starved by a stream of short
+ones: past it, the order is FCFS.
 The budget bounds one step's time, and with it how long every decode in the step waits: on the
 CPU its default is small (config.CPU_TOKEN_BUDGET, measured), so a burst of long prompts runs
 as several short steps with the decodes in each. Prompts are not regrouped by length: the
@@ -109,9 +110,10 @@ class Scheduler:
         # 2. waiting sequences, in the prefill order; none after a preemption (as vLLM v1:
         # admitting new work while evicting running work would thrash)
         now = time.monotonic()
-        for seq in self._waiting_in_order(now):
-            if not (budget > 0 and self.counters.preemptions == preemptions_before
-                    and len(self.running) < self.max_num_seqs):
+        admit = (self.waiting and budget > 0 and self.counters.preemptions == preemptions_before
+                 and len(self.running) < self.max_num_seqs)  # else not even sorted
+        for seq in self._waiting_in_order(now) if admit else ():
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
                 break
             hits = self.kv.get_computed_blocks(seq) if seq.num_computed_tokens == 0 else []
             num_hit = len(hits) * self.kv.block_size

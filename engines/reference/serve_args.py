@@ -79,8 +79,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     e.add_argument("--max-waiting", type=positive_int, default=None,
                    help="waiting requests at most; beyond, requests get 503 with Retry-After")
     e.add_argument("--prefill-order", choices=["shortest", "fcfs"], default=None,
-                   help="order of prefill work: shortest (default: fewest prompt tokens left first, except "
-                        "requests waiting longer than --max-prefill-wait-ms, which go first) or fcfs")
+                   help="order of prefill work: fcfs (default) or shortest (fewest prompt tokens left first, "
+                        "except requests waiting longer than --max-prefill-wait-ms, which go first: a lower "
+                        "mean TTFT in mixed bursts, a longer tail for their long prompts)")
     e.add_argument("--max-prefill-wait-ms", type=nonneg_float, default=None,
                    help="with --prefill-order shortest: past this wait a request's prefill goes first (default 100)")
     e.add_argument("--no-prefix-caching", action="store_true", help="disable the prefix cache")

@@ -435,13 +435,13 @@ def test_shortest_prefill_first_in_a_burst(tiny_model_dir, hf_greedy):
     prompts = random_prompts(21, [600, 40, 60, 30])
     now = time.monotonic()
     arrivals = [(str(i), p, now + 0.001 * i) for i, p in enumerate(prompts)]
-    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128), arrivals)
+    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="shortest"),
+                               arrivals)
     assert max(first["1"], first["2"], first["3"]) < first["0"]
     assert first["3"] <= first["1"] <= first["2"]  # fewest tokens first
-    fcfs = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="fcfs"),
-                              arrivals)
+    fcfs = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128), arrivals)  # the default
     assert min(fcfs["1"], fcfs["2"], fcfs["3"]) >= fcfs["0"]
-    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128)
+    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="shortest")
     outs = engine.generate(prompts, greedy(5))
     assert [o.output_token_ids for o in outs] == [hf_greedy(p, 5) for p in prompts]
 
@@ -452,10 +452,11 @@ def test_a_prefill_waiting_past_the_bound_goes_first(tiny_model_dir):
     prompts = random_prompts(22, [600, 200, 250])
     now = time.monotonic()
     old = [("0", prompts[0], now - 1.0), ("1", prompts[1], now), ("2", prompts[2], now)]
-    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128), old)
+    first = _first_token_steps(make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="shortest"), old)
     assert first["0"] < min(first["1"], first["2"])
     # part-way: the long prompt's first chunk ran, then short ones arrive; the bound passes
-    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128, max_prefill_wait_ms=50)
+    engine = make_engine(tiny_model_dir, max_num_batched_tokens=128, prefill_order="shortest",
+                         max_prefill_wait_ms=50)
     engine.add_request("0", prompts[0], greedy(2))
     engine.step()
     time.sleep(0.06)
