@@ -132,9 +132,10 @@ def resolve_model_config(model: str) -> ModelConfig:
 
 # The CPU's default token budget per step: the largest budget whose longest decode stall stays
 # under 20 ms when a burst of six prompts (3,625 tokens) lands next to four running decodes on the
-# tiny model (`python -m tools.token_budget`, results/reference-cpu/token-budget.json; 1024 gave
-# 17.3 ms, 8192 53.6 ms, while the burst's last first token came 56.6 vs 53.6 ms after it arrived).
-CPU_TOKEN_BUDGET = 1024
+# tiny model (`python -m tools.token_budget`, results/reference-cpu/token-budget.json, measured at
+# 58d04dc: 2048 gave 18.9 ms, 4096 36.6 ms, while the burst's last first token came 36.9 vs 36.6 ms
+# after it arrived; it was 1024 before the oneDNN projections made every step shorter).
+CPU_TOKEN_BUDGET = 2048
 
 
 @dataclass
