@@ -6,8 +6,9 @@
 // query head of the GQA group). Its rows are scored together against chunks of 32 keys, so
 // each K/V row comes from memory once for all of them, and each row keeps a flash-attention
 // style running max, sum and float32 accumulator. Two ways to score a chunk:
-//   narrow (few rows: decodes): one dot product over head_dim per row and key, the vector
-//     lanes running over head_dim;
+//   narrow (few rows): one dot product over head_dim per row and key, the vector lanes running
+//     over head_dim (where head_dim is a multiple of kRows, kRows keys at once, their products
+//     summed by a transposing reduction instead of a horizontal sum each: key_scores);
 //   wide (more rows: prefills): the lanes run over the rows, a transposed copy of the
 //     item's queries against each key, so no dot product ends in a horizontal sum and the
 //     softmax bookkeeping is one vector operation for all rows.
@@ -15,10 +16,11 @@
 // of keys at a time in the lanes, every row's query and accumulator in registers, the next
 // block prefetched; where a model has few heads (the tiny model: 4), one item is every head of
 // a sequence, so each key's K and V rows of all KV heads are read as one contiguous run. In the
-// engine's offline decode steps (64 sequences of ~290 tokens, tiny model) it took a layer's
-// attention from 0.83 to 0.48 ms.
-// Plain loops that g++ vectorizes, except where the lanes run over rows: there a GCC vector type
-// of one register (vrow), which g++ keeps in registers where it would keep an array in memory.
+// engine's offline decode steps (64 sequences of ~290 tokens, tiny model, one interleaved
+// comparison in one process) it took a layer's attention from 0.83 to 0.48 ms.
+// Plain loops that g++ vectorizes, except where the lanes run over rows or keys: there a GCC
+// vector type of one register (vrow), which g++ keeps in registers where it would keep an array
+// in memory.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
