@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="engine token budget per step (default: the engine's, config.CPU_TOKEN_BUDGET on the "
                          "CPU: the batch's prompts in chunks whose activations stay in the CPU's caches; in one "
                          "interleaved comparison of 5 repeats before the oneDNN projections, the whole batch in "
-                         "one 16,384-token step took 0.40 s, 2,048-token steps 0.37 s)")
+                         "one 16,384-token step took 0.40 s, 1,024-token steps 0.37 s)")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--skip-hf", action="store_true", help="engine only")
     ap.add_argument("--no-phases", dest="phases", action="store_false",
