@@ -168,3 +168,12 @@ def test_failed_build_warns_once_and_falls_back(fresh_loader, monkeypatch, tmp_p
     fresh_loader.source = bad
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "cache"))
     assert "unavailable" in fallback_runs(caplog)
+
+
+@pytest.mark.parametrize("group", [1, 2, 32])
+def test_wide_item_edges(group):
+    """Prefill items hold up to 64 rows (four vectors of 16 with AVX-512): prompts whose rows fall
+    just below, on and past those edges, fresh and after cached context, and keys that end inside
+    a scoring pass of four or eight keys."""
+    seqs = [(n, n) for n in (3, 7, 8, 9, 16, 31, 32, 33, 65)] + [(n + 40, n) for n in (8, 17, 33, 64)]
+    check(seqs, 2 if group < 32 else 1, group, 32, 16, seed=group)
