@@ -498,16 +498,17 @@ void attend(const Item& it, const Args& a, const T* q, const T* k_cache, const T
   }
 }
 
-// Wide items (prefills) with head_dim a compile-time constant and NR vectors of rows (NR * kRows
-// rows): each chunk's K and V rows are first copied into contiguous scratch, so that every load
-// of the inner loops is a fixed offset from one pointer, and each copied row serves all NR vectors
-// of rows (a flash-attention tile of NR * kRows rows by kChunk keys). Keys past the last row's
-// last are scored as zeros and masked like any key a row must not see.
 // An empty asm that claims to change x in a vector register: g++ must then hold it there, where
 // it would otherwise fold the load into every FMA that reads x (one load per FMA: the load ports,
 // not the FMA pipes, set the pace).
 inline void keep_in_register(vrow& x) { asm volatile("" : "+v"(x)); }
 
+// Wide items (prefills) with head_dim a compile-time constant and NR vectors of rows (NR * kRows
+// rows): each chunk's K and V rows are first copied into contiguous scratch, so that every load
+// of the inner loops is a fixed offset from one pointer, and each copied row serves all NR vectors
+// of rows (a flash-attention tile of NR * kRows rows by kChunk keys). Keys past the last row's
+// last are scored as zeros and masked like any key a row must not see. An item of 17 to 63 rows
+// runs as NR = kNR all the same, its spare lanes repeating its last row.
 template <int D, int NR, typename T>
 void attend_wide(const Item& it, const Args& a, const T* q, const T* k_cache, const T* v_cache, T* out, Scratch& w) {
   constexpr int KB = kAccs / NR < 8 ? kAccs / NR : 8;     // keys per scoring pass: NR * KB accumulators
