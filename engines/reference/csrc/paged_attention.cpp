@@ -503,6 +503,23 @@ void attend(const Item& it, const Args& a, const T* q, const T* k_cache, const T
 // not the FMA pipes, set the pace).
 inline void keep_in_register(vrow& x) { asm volatile("" : "+v"(x)); }
 
+// t[m][u] += a[u] * b[m * stride] for m < M, u < NR, a's vectors held in registers: attend_wide's
+// scores (a: the queries at one dim, b: that dim of M keys) and its accumulation (a: one key's
+// probabilities, b: M dims of its V row) are both this outer-product update of a register tile.
+template <int M, int NR>
+__attribute__((always_inline)) inline void tile_fma(vrow (&t)[M][NR], const vrow* a, const float* b,
+                                                    int64_t stride) {
+  vrow x[NR];
+#pragma GCC unroll 4
+  for (int u = 0; u < NR; ++u) x[u] = a[u], keep_in_register(x[u]);
+#pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    const float bm = b[m * stride];
+#pragma GCC unroll 4
+    for (int u = 0; u < NR; ++u) t[m][u] += x[u] * bm;
+  }
+}
+
 // Wide items (prefills) with head_dim a compile-time constant and NR vectors of rows (NR * kRows
 // rows): each chunk's K and V rows are first copied into contiguous scratch, so that every load
 // of the inner loops is a fixed offset from one pointer, and each copied row serves all NR vectors
@@ -552,17 +569,7 @@ void attend_wide(const Item& it, const Args& a, const T* q, const T* k_cache, co
     for (int64_t j0 = 0; j0 < nk; j0 += KB) {
       const float* __restrict__ kb = kc + j0 * D;
       vrow s[KB][NR] = {};
-      for (int64_t d = 0; d < D; ++d) {
-        vrow x[NR];
-#pragma GCC unroll 4
-        for (int u = 0; u < NR; ++u) x[u] = qt[d * NR + u], keep_in_register(x[u]);
-#pragma GCC unroll 16
-        for (int j = 0; j < KB; ++j) {
-          const float kv = kb[j * D + d];
-#pragma GCC unroll 4
-          for (int u = 0; u < NR; ++u) s[j][u] += x[u] * kv;
-        }
-      }
+      for (int64_t d = 0; d < D; ++d) tile_fma(s, qt + d * NR, kb + d, D);
 #pragma GCC unroll 16
       for (int j = 0; j < KB; ++j)
 #pragma GCC unroll 4
@@ -592,17 +599,7 @@ void attend_wide(const Item& it, const Args& a, const T* q, const T* k_cache, co
 #pragma GCC unroll 4
         for (int u = 0; u < NR; ++u) r[i][u] = acc[(d0 + i) * NR + u] * alpha[u];
       const float* __restrict__ vb = vc + d0;
-      for (int64_t j = 0; j < n; ++j, vb += D) {
-        vrow p[NR];
-#pragma GCC unroll 4
-        for (int u = 0; u < NR; ++u) p[u] = st[j * NR + u], keep_in_register(p[u]);
-#pragma GCC unroll 16
-        for (int i = 0; i < W; ++i) {
-          const float vv = vb[i];
-#pragma GCC unroll 4
-          for (int u = 0; u < NR; ++u) r[i][u] += p[u] * vv;
-        }
-      }
+      for (int64_t j = 0; j < n; ++j, vb += D) tile_fma(r, st + j * NR, vb, 1);
 #pragma GCC unroll 16
       for (int i = 0; i < W; ++i)
 #pragma GCC unroll 4
